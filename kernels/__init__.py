@@ -1,11 +1,62 @@
 """moia.kernels: the fused intervention op (Triton on CUDA) and its plain-torch twin.
 
 ``fused_intervention`` is the single entry point the hook modules call; see ``reference.py`` for the
-op's definition.
+op's definition and ``triton_intervention.py`` for the kernel. The kernel is used for CUDA tensors
+with shared directions [k, d_model] (or none) when triton is installed (``pip install moia[triton]``);
+``MOIA_FORCE_TRITON=1`` also sends CPU tensors to it, which only works under ``TRITON_INTERPRET=1``
+(how CI tests the kernel). Everything else -- per-row directions, gradients for directions,
+weights or vectors, no triton -- runs the twin.
 """
+
+import importlib.util
+import os
+from types import ModuleType
+
+from jaxtyping import Float, Int
+from torch import Tensor, is_grad_enabled
 
 from .reference import intervention_naive, intervention_reference
 
-fused_intervention = intervention_reference
+# Found once here; the kernel module itself is imported on first use so that TRITON_INTERPRET,
+# which @triton.jit reads when it decorates, can still be set after `import moia`.
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+_triton_module: ModuleType | None = None
+
+
+def _kernel_module() -> ModuleType | None:
+    global _HAS_TRITON, _triton_module
+    if _triton_module is None:
+        try:
+            from . import triton_intervention
+        except ImportError:  # installed but unusable (e.g. no matching driver)
+            _HAS_TRITON = False
+            return None
+        _triton_module = triton_intervention
+    return _triton_module
+
+
+def fused_intervention(
+    x: Float[Tensor, "batch pos d_model"],
+    directions: Tensor | None = None,
+    weights: Tensor | None = None,
+    bias: Float[Tensor, " d_model"] | None = None,
+    vectors: Float[Tensor, "batch d_model"] | None = None,
+    strengths: Float[Tensor, " batch"] | None = None,
+    starts: Int[Tensor, " batch"] | None = None,
+) -> Float[Tensor, "batch pos d_model"]:
+    """Apply ablation, bias and injection to ``x``; same arguments and result as the twin."""
+    use_kernel = (
+        _HAS_TRITON
+        and (x.is_cuda or os.environ.get("MOIA_FORCE_TRITON") == "1")
+        and (directions is None or directions.dim() == 2)
+        and not any(a is not None and a.requires_grad for a in (directions, weights, vectors, strengths))
+    )
+    module = _kernel_module() if use_kernel else None
+    if module is None:
+        return intervention_reference(x, directions, weights, bias, vectors, strengths, starts)
+    if is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
+        return module.FusedIntervention.apply(x, directions, weights, bias, vectors, strengths, starts)
+    return module.triton_intervention(x, directions, weights, bias, vectors, strengths, starts)
+
 
 __all__ = ["fused_intervention", "intervention_naive", "intervention_reference"]

@@ -1,0 +1,144 @@
+"""Compile interventions into one hook per hook point, and install them.
+
+``fwd_hooks(model, *interventions)`` returns a plain TransformerLens ``fwd_hooks`` list; the
+context manager ``intervene(model, *interventions)`` installs it through ``model.hooks`` (so
+nested contexts remove only their own hooks, even after an exception).
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .hooks import PositionState, SiteOp, _orthonormal, hook_name
+from .kernels import fused_intervention
+
+
+class SiteHook:
+    """The single hook at one hook point: one fused op for everything that acts there."""
+
+    def __init__(self, name: str, ops: list[SiteOp], state: PositionState, track: bool) -> None:
+        self.name, self.state, self.track = name, state, track
+        self.directions, self.weights = _merge_ablations(name, ops)
+        biases = [op.bias for op in ops if op.bias is not None]
+        self.bias = torch.stack(biases).sum(0) if biases else None
+        self.injections = [op for op in ops if op.vectors is not None]
+
+    def __call__(self, x: Tensor, hook: Any = None) -> Tensor:
+        if self.track:
+            self.state.on_forward(x.shape[1])
+        vectors = strengths = starts = None
+        if self.injections:
+            first, *rest = self.injections
+            vectors, strengths, starts = self._injection(first, x)
+        out = fused_intervention(x, self.directions, self.weights, self.bias, vectors, strengths, starts)
+        for op in rest if self.injections else []:
+            v, s, t0 = self._injection(op, x)
+            out = fused_intervention(out, None, None, None, v, s, t0)
+        return out
+
+    def _injection(self, op: SiteOp, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        assert op.vectors is not None and op.strengths is not None and op.starts is not None
+        batch = x.shape[0]
+        n = op.vectors.shape[0]
+        if n not in (1, batch):
+            raise ValueError(
+                f"ConceptInjection at {self.name}: per-row vectors/strengths/start have {n} rows "
+                f"but the batch has {batch}"
+            )
+        state = self.state
+        if state.pad is not None and state.pad.shape[0] != batch:
+            raise ValueError(f"attention_mask has {state.pad.shape[0]} rows but the batch has {batch}")
+        starts = op.starts.expand(batch)
+        if state.offset == 0:  # a sequence's first forward: check starts lie inside the prompts
+            lengths = state.prompt_lengths if state.prompt_lengths is not None else x.shape[1]
+            too_far = starts >= torch.as_tensor(lengths, device=starts.device)
+            if bool(too_far.any()):
+                raise ValueError(
+                    f"start {starts[too_far].tolist()} lies beyond the prompt "
+                    f"(lengths {torch.as_tensor(lengths).reshape(-1).tolist()})"
+                )
+        shift = -state.offset if state.pad is None else state.pad - state.offset
+        return op.vectors.expand(batch, -1), op.strengths.expand(batch), starts + shift
+
+
+def _merge_ablations(name: str, ops: list[SiteOp]) -> tuple[Tensor | None, Tensor | None]:
+    ablations = [op for op in ops if op.directions is not None]
+    if not ablations:
+        return None, None
+    if len(ablations) == 1:
+        return ablations[0].directions, ablations[0].weights
+    per_row = any(op.directions.dim() == 3 for op in ablations)  # type: ignore[union-attr]
+    if per_row:
+        batch = max(op.directions.shape[0] for op in ablations if op.directions.dim() == 3)  # type: ignore
+        rs = [
+            op.directions if op.directions.dim() == 3 else op.directions.expand(batch, -1, -1)  # type: ignore
+            for op in ablations
+        ]
+        ws = [
+            op.weights if op.weights.dim() == 2 else op.weights.expand(batch, -1)  # type: ignore
+            for op in ablations
+        ]
+        r, w = torch.cat(rs, dim=-2), torch.cat(ws, dim=-1)
+    else:
+        r = torch.cat([op.directions for op in ablations])  # type: ignore[misc]
+        w = torch.cat([op.weights for op in ablations])  # type: ignore[misc]
+    gram = r @ r.transpose(-1, -2)
+    eye = torch.eye(r.shape[-2], dtype=gram.dtype, device=gram.device)
+    if torch.allclose(gram, eye.expand_as(gram), atol=1e-4):
+        return r, w
+    if bool((w == 1).all()):  # ablate the span: exact whatever the overlap
+        return _orthonormal(r).to(r.dtype), w
+    raise ValueError(
+        f"weighted ablations of non-orthogonal directions meet at {name}: their combination is "
+        "ambiguous; orthogonalise the directions or use full weights"
+    )
+
+
+def compile_hooks(
+    model: Any, interventions: tuple[Any, ...]
+) -> tuple[list[tuple[str, SiteHook]], PositionState]:
+    """Turn interventions into ``[(hook_name, SiteHook)]``, one per hook point, and their state."""
+    by_name: dict[str, list[SiteOp]] = {}
+    for intervention in interventions:
+        if not hasattr(intervention, "site_ops"):
+            raise TypeError(f"not an intervention: {intervention!r}")
+        for name, op in intervention.site_ops(model):
+            by_name.setdefault(name, []).append(op)
+    state = PositionState()
+    track = any(op.vectors is not None for ops in by_name.values() for op in ops)
+    embed = hook_name(model, "embed")
+    if track:
+        by_name.setdefault(embed, [])
+    hooks = [(name, SiteHook(name, ops, state, track and name == embed)) for name, ops in by_name.items()]
+    return hooks, state
+
+
+def fwd_hooks(
+    model: Any, *interventions: Any, attention_mask: Tensor | None = None
+) -> list[tuple[str, SiteHook]]:
+    """A plain ``fwd_hooks`` list for ``model.run_with_hooks`` / ``model.hooks(...)``.
+
+    ``attention_mask`` ([batch, pos], left padding) tells position-dependent injections how far
+    each row is shifted.
+    """
+    hooks, state = compile_hooks(model, interventions)
+    state.set_attention_mask(attention_mask)
+    return hooks
+
+
+@contextmanager
+def intervene(
+    model: Any, *interventions: Any, attention_mask: Tensor | None = None
+) -> Iterator[PositionState]:
+    """Install the interventions as one hook per hook point for the duration of the block.
+
+    Yields the ``PositionState`` the injection hooks read (``set_attention_mask`` on it changes the
+    padding for later forwards). All hooks are removed on exit, also after an exception.
+    """
+    hooks, state = compile_hooks(model, interventions)
+    state.set_attention_mask(attention_mask)
+    with model.hooks(fwd_hooks=hooks):
+        yield state

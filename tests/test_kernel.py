@@ -1,0 +1,239 @@
+"""The fused intervention kernel against its torch twin, and the twin against the naive chain.
+
+On a machine without CUDA the kernel runs in Triton's interpreter (TRITON_INTERPRET=1, set below
+before triton is imported, since @triton.jit reads it when it decorates); on a GPU the same tests
+run the compiled kernel on CUDA tensors.
+"""
+
+import os
+import subprocess
+import sys
+
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import importlib  # noqa: E402
+from types import ModuleType  # noqa: E402
+
+import moia.kernels as kernels  # noqa: E402
+import pytest  # noqa: E402
+from moia.kernels import fused_intervention, intervention_naive, intervention_reference  # noqa: E402
+
+STARTS = [-3, 0, 10, 36, 50]  # before, at, inside, at the end of and after a 37-position sequence
+
+
+@pytest.fixture(scope="module")
+def tk() -> ModuleType:
+    """The kernel module, interpreted on CPU (re-imported if something imported it compiled)."""
+    pytest.importorskip("triton")
+    module = importlib.import_module("moia.kernels.triton_intervention")
+    interpreted = type(module._intervention_fwd_kernel).__name__ == "InterpretedFunction"
+    if DEVICE == "cpu" and not interpreted:
+        module = importlib.reload(module)
+    return module
+
+
+def make_inputs(
+    batch: int,
+    pos: int,
+    d_model: int,
+    k: int,
+    *,
+    bias: bool = True,
+    inject: bool = True,
+    dtype: torch.dtype = torch.float32,
+    per_row_weights: bool = False,
+    seed: int = 0,
+) -> dict:
+    """Random (never zero) inputs with orthonormal directions; starts cycle through STARTS."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.linalg.qr(torch.randn(d_model, max(k, 1), generator=g, dtype=torch.float64))[0]
+    w_shape = (batch, k) if per_row_weights else (k,)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(DEVICE)
+
+    return {
+        "x": randn(batch, pos, d_model).to(dtype),
+        "directions": q.T[:k].float().contiguous().to(DEVICE),
+        "weights": (0.5 + torch.rand(w_shape, generator=g)).to(DEVICE),
+        "bias": randn(d_model) if bias else None,
+        "vectors": randn(batch, d_model) if inject else None,
+        "strengths": (1 + torch.rand(batch, generator=g)).to(DEVICE) if inject else None,
+        "starts": torch.tensor([STARTS[(i + 2) % 5] for i in range(batch)], device=DEVICE)
+        if inject
+        else None,
+    }
+
+
+# --- the twin -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_twin_matches_naive(k: int, per_row: bool) -> None:
+    inputs = make_inputs(5, 37, 64, k, per_row_weights=per_row)
+    if per_row:  # one set of directions per row
+        inputs["directions"] = torch.stack([inputs["directions"].roll(i, dims=1) for i in range(5)])
+    torch.testing.assert_close(intervention_reference(**inputs), intervention_naive(**inputs))
+
+
+def test_twin_without_anything_is_a_copy() -> None:
+    x = torch.randn(2, 3, 8)
+    out = intervention_reference(x)
+    assert out is not x
+    torch.testing.assert_close(out, x)
+
+
+def test_twin_gradcheck() -> None:
+    inputs = make_inputs(2, 3, 8, 2)
+    inputs = {k: v.cpu().double() if v.is_floating_point() else v.cpu() for k, v in inputs.items()}
+    x = inputs.pop("x").requires_grad_()
+    bias = inputs.pop("bias").requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, b: intervention_reference(x, bias=b, **inputs), (x, bias))
+
+
+def test_vectors_need_strengths_and_starts() -> None:
+    x = torch.randn(2, 3, 8)
+    with pytest.raises(ValueError, match="vectors needs strengths and starts"):
+        intervention_reference(x, vectors=torch.randn(2, 8))
+
+
+# --- the kernel against the twin -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extras", ["none", "bias", "injection", "both"])
+@pytest.mark.parametrize("k", [0, 1, 3])
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("pos", [1, 37])
+@pytest.mark.parametrize("d_model", [576, 640, 1000])
+def test_kernel_matches_twin(tk: ModuleType, d_model: int, pos: int, batch: int, k: int, extras: str) -> None:
+    inputs = make_inputs(
+        batch, pos, d_model, k, bias=extras in ("bias", "both"), inject=extras in ("injection", "both")
+    )
+    out = torch.full_like(inputs["x"], float("nan"))  # poisoned: every element must be written
+    result = tk.triton_intervention(**inputs, out=out)
+    assert result is out
+    torch.testing.assert_close(out, intervention_reference(**inputs))
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_kernel_injection_starts(tk: ModuleType, start: int) -> None:
+    inputs = make_inputs(2, 37, 576, 1)
+    inputs["starts"] = torch.tensor([start, 37 - start], device=DEVICE)
+    torch.testing.assert_close(tk.triton_intervention(**inputs), intervention_reference(**inputs))
+
+
+def test_kernel_per_row_and_absent_weights(tk: ModuleType) -> None:
+    inputs = make_inputs(3, 5, 640, 3, per_row_weights=True)
+    torch.testing.assert_close(tk.triton_intervention(**inputs), intervention_reference(**inputs))
+    inputs["weights"] = None
+    torch.testing.assert_close(tk.triton_intervention(**inputs), intervention_reference(**inputs))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "tol"), [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)], ids=["fp16", "bf16"]
+)
+def test_kernel_low_precision(tk: ModuleType, dtype: torch.dtype, tol: float) -> None:
+    inputs = make_inputs(5, 37, 1000, 3, dtype=dtype)
+    out = tk.triton_intervention(**inputs)
+    assert out.dtype == dtype
+    expected = intervention_reference(**{**inputs, "x": inputs["x"].float()})  # fp32 twin
+    torch.testing.assert_close(out.float(), expected, atol=tol, rtol=tol)
+
+
+def test_kernel_inplace(tk: ModuleType) -> None:
+    inputs = make_inputs(5, 37, 576, 3)
+    expected = intervention_reference(**inputs)
+    x = inputs["x"]
+    assert tk.triton_intervention(**inputs, inplace=True) is x
+    torch.testing.assert_close(x, expected)
+    with pytest.raises(ValueError, match="contiguous last dim"):
+        tk.triton_intervention(x.transpose(1, 2), inplace=True)
+
+
+def test_kernel_strided_input(tk: ModuleType) -> None:
+    inputs = make_inputs(3, 20, 576, 1)
+    inputs["x"] = inputs["x"][:, ::2]  # every other position: non-contiguous rows
+    torch.testing.assert_close(tk.triton_intervention(**inputs), intervention_reference(**inputs))
+
+
+def test_kernel_rejects_per_row_directions(tk: ModuleType) -> None:
+    x = torch.randn(2, 3, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="shared directions"):
+        tk.triton_intervention(x, torch.randn(2, 1, 8, device=DEVICE))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("d_model", [4096, 5376])
+def test_kernel_large_d_model(tk: ModuleType, d_model: int) -> None:
+    inputs = make_inputs(2, 3, d_model, 3)
+    torch.testing.assert_close(tk.triton_intervention(**inputs), intervention_reference(**inputs))
+
+
+# --- autograd and dispatch -------------------------------------------------------------------------
+
+
+def _grads(fn, inputs: dict) -> tuple[torch.Tensor, ...]:
+    x = inputs["x"].clone().requires_grad_()
+    bias = None if inputs["bias"] is None else inputs["bias"].clone().requires_grad_()
+    y = fn(**{**inputs, "x": x, "bias": bias})
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.device))
+    return (y, x.grad) if bias is None else (y, x.grad, bias.grad)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("k", [0, 2])
+def test_autograd_matches_twin(tk: ModuleType, k: int, bias: bool) -> None:
+    inputs = make_inputs(5, 37, 640, k, bias=bias, per_row_weights=True)
+
+    def fused(**kw: torch.Tensor | None) -> torch.Tensor:
+        return tk.FusedIntervention.apply(*(kw[name] for name in list(inputs)))
+
+    for got, want in zip(_grads(fused, inputs), _grads(intervention_reference, inputs), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_autograd_broadcast_gradient(tk: ModuleType) -> None:
+    """y.sum().backward() hands backward a dy with all strides 0."""
+    inputs = make_inputs(3, 7, 576, 1)
+    grads = []
+    for fn in (tk.FusedIntervention.apply, intervention_reference):
+        x, bias = inputs["x"].clone().requires_grad_(), inputs["bias"].clone().requires_grad_()
+        fn(x, inputs["directions"], inputs["weights"], bias, None, None, None).sum().backward()
+        grads.append((x.grad, bias.grad))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_dispatch(tk: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs = make_inputs(2, 4, 576, 1)
+    x = inputs.pop("x").requires_grad_()
+    if DEVICE == "cpu":  # without the flag CPU tensors take the twin
+        monkeypatch.delenv("MOIA_FORCE_TRITON", raising=False)
+        assert "FusedIntervention" not in type(fused_intervention(x, **inputs).grad_fn).__name__
+    monkeypatch.setenv("MOIA_FORCE_TRITON", "1")
+    assert "FusedIntervention" in type(fused_intervention(x, **inputs).grad_fn).__name__
+    with torch.no_grad():
+        torch.testing.assert_close(fused_intervention(x, **inputs), intervention_reference(x, **inputs))
+    per_row = inputs["directions"].expand(2, 1, 576)
+    y = fused_intervention(x, **{**inputs, "directions": per_row})
+    assert "FusedIntervention" not in type(y.grad_fn).__name__
+    weights = inputs["weights"].clone().requires_grad_()  # a trained w: only the twin gives its grad
+    fused_intervention(x, **{**inputs, "weights": weights}).sum().backward()
+    assert weights.grad is not None
+
+
+def test_import_without_triton() -> None:
+    code = (
+        "import sys, torch; sys.modules['triton'] = None\n"
+        "import moia.kernels as k\n"
+        "assert not k._HAS_TRITON\n"
+        "x = torch.randn(2, 3, 8)\n"
+        "assert torch.equal(k.fused_intervention(x, bias=torch.ones(8)), x + 1)\n"
+    )
+    env = {**os.environ, "MOIA_FORCE_TRITON": "1"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    assert isinstance(kernels._HAS_TRITON, bool)
