@@ -1,0 +1,73 @@
+"""Shared fixtures: the real default models (loaded once per session) and a tiny random model."""
+
+import importlib.util
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+HAS_HOOKED = importlib.util.find_spec("transformer_lens.HookedTransformer") is not None
+needs_hooked = pytest.mark.skipif(not HAS_HOOKED, reason="transformer-lens >= 4 has no HookedTransformer")
+
+
+@pytest.fixture(autouse=True)
+def _no_grad_leaks():
+    torch.manual_seed(0)
+    yield
+
+
+def _load(name: str, backend: str):
+    from moia import load_model
+
+    if backend == "hooked" and not HAS_HOOKED:
+        pytest.skip("transformer-lens >= 4 has no HookedTransformer")
+    return load_model(name, backend=backend)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return _load("smollm2-135m-instruct", "hooked")
+
+
+@pytest.fixture(scope="session")
+def smollm2_bridge():
+    return _load("smollm2-135m-instruct", "bridge")
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    return _load("gemma-3-270m", "hooked")
+
+
+@pytest.fixture(scope="session")
+def gemma_bridge():
+    return _load("gemma-3-270m", "bridge")
+
+
+@pytest.fixture(params=["hooked", "bridge"])
+def smollm2_any(request):
+    return request.getfixturevalue("smollm2" if request.param == "hooked" else "smollm2_bridge")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A 2-layer random HookedTransformer (d_model 64) for fast unit tests without a tokenizer."""
+    if not HAS_HOOKED:
+        pytest.skip("transformer-lens >= 4 has no HookedTransformer")
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=128, d_vocab=101, n_ctx=64,
+        act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
+        gated_mlp=True, rotary_dim=16, seed=0,
+    )
+    return HookedTransformer(cfg).eval()
+
+
+def relative_component(x: torch.Tensor, r: torch.Tensor) -> float:
+    """max over positions of |x·r̂| / ‖x‖."""
+    r = r / r.norm()
+    return float(((x.double() @ r.double()).abs() / x.double().norm(dim=-1)).max())
