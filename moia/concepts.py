@@ -30,8 +30,8 @@ from .directions import (
     json_meta,
     load_direction_file,
     model_metadata,
-    resolve_layers,
     residual_stream,
+    resolve_layers,
     save_direction_file,
 )
 
@@ -54,7 +54,9 @@ def concept_words(name: str = "test") -> list[str]:
         return [w for words in data["extra"].values() for w in words]
     if name in data["extra"]:
         return list(data["extra"][name])
-    raise KeyError(f"unknown word list {name!r}: expected baseline, test, extra or one of {sorted(data['extra'])}")
+    raise KeyError(
+        f"unknown word list {name!r}: expected baseline, test, extra or one of {sorted(data['extra'])}"
+    )
 
 
 def apply_casing(word: str, capitalize: bool) -> str:
@@ -79,7 +81,9 @@ class ConceptVectors:
     def __post_init__(self) -> None:
         expected = (len(self.words), len(self.layers))
         if tuple(self.vectors.shape[:2]) != expected or self.vectors.dim() != 3:
-            raise ValueError(f"vectors has shape {tuple(self.vectors.shape)}, expected {expected} + (d_model,)")
+            raise ValueError(
+                f"vectors has shape {tuple(self.vectors.shape)}, expected {expected} + (d_model,)"
+            )
 
     @property
     def d_model(self) -> int:
@@ -87,7 +91,9 @@ class ConceptVectors:
 
     def __getitem__(self, key: tuple[str, int | float]) -> Float[Tensor, " d_model"]:
         if not (isinstance(key, tuple) and len(key) == 2):
-            raise KeyError(f"index with (word, layer), e.g. cv[{self.words[0]!r}, {self.layers[0]}]; got {key!r}")
+            raise KeyError(
+                f"index with (word, layer), e.g. cv[{self.words[0]!r}, {self.layers[0]}]; got {key!r}"
+            )
         return self.get(*key)
 
     def get(self, word: str, layer: int | float) -> Float[Tensor, " d_model"]:
@@ -137,7 +143,9 @@ class ConceptVectors:
             raise ValueError(f"{path}: no 'vectors' tensor in a concept-vector file")
         vectors = tensors["vectors"]
         if vectors.dim() != 3 or str(vectors.shape[-1]) != meta.get("d_model"):
-            raise ValueError(f"{path}: vectors shape {tuple(vectors.shape)} disagrees with d_model={meta.get('d_model')}")
+            raise ValueError(
+                f"{path}: vectors shape {tuple(vectors.shape)} disagrees with d_model={meta.get('d_model')}"
+            )
         try:
             return cls(
                 words=json_meta(meta, "words", path),
@@ -220,4 +228,8 @@ def concept_vectors(
 
 def check_concept_vectors(cv: ConceptVectors, model: Any) -> None:
     """Raise if ``cv`` was made for a model with another d_model or layer count."""
-    check_model({"model": cv.model_name, "d_model": str(cv.d_model), "n_layers": str(cv.n_layers)}, model, "concept vectors")
+    check_model(
+        {"model": cv.model_name, "d_model": str(cv.d_model), "n_layers": str(cv.n_layers)},
+        model,
+        "concept vectors",
+    )

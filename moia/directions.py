@@ -51,7 +51,9 @@ def resolve_layers(model_or_n_layers: Any, layers: Any) -> list[int]:
             raise TypeError(f"layers: {item!r} is neither a layer index (int) nor a depth fraction (float)")
         if not isinstance(item, numbers.Integral):
             if not 0.0 <= item < 1.0:
-                raise ValueError(f"layers: depth fraction {item} must lie in [0, 1); give layer indices as ints")
+                raise ValueError(
+                    f"layers: depth fraction {item} must lie in [0, 1); give layer indices as ints"
+                )
             out.add(min(math.floor(item * n + 0.5), n - 1))
         elif not 0 <= item < n:
             raise ValueError(f"layers: layer {item} out of range for a model with {n} layers")
@@ -92,7 +94,9 @@ def residual_stream(
     if not texts:
         raise ValueError("texts must not be empty")
     if any(p >= 0 for p in positions):
-        raise ValueError(f"positions count from the end of the prompt and must be negative, got {list(positions)}")
+        raise ValueError(
+            f"positions count from the end of the prompt and must be negative, got {list(positions)}"
+        )
     tok = model.tokenizer
     lengths = [len(tok(t, add_special_tokens=False).input_ids) for t in texts]
     if min(lengths) < -min(positions):

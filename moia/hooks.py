@@ -95,6 +95,7 @@ class SiteOp:
     directions: Tensor | None = None  # (k, d) or (B, k, d), orthonormal
     weights: Tensor | None = None  # (k,) or (B, k)
     bias: Tensor | None = None  # (d,)
+    bias_scale: float = 1.0  # applied per call to a trainable (live) bias only
     vectors: Tensor | None = None  # (n, d), n = batch or 1
     strengths: Tensor | None = None  # (n,)
     starts: Tensor | None = None  # (n,) int64, in unpadded-prompt positions
@@ -194,17 +195,28 @@ class DirectionAblation:
 
 
 class AdditiveVector:
-    """Add ``scale * vector`` at every position of ``site`` at ``layer`` (bias or steering)."""
+    """Add ``scale * vector`` at every position of ``site`` at ``layer`` (bias or steering).
+
+    A ``vector`` that requires grad (an ``nn.Parameter`` being trained, PROTOCOL §5) stays live:
+    the hook reads it on every call and gradients flow to it.
+    """
 
     def __init__(self, vector: Any, layer: int, scale: float = 1.0, site: str = "resid_post") -> None:
         if site not in SITES:
             raise ValueError(f"unknown hook site {site!r}: expected one of {SITES}")
-        self.vector = _as_tensor(vector, "vector")
+        self.trainable = isinstance(vector, Tensor) and vector.requires_grad
+        self.vector = vector if self.trainable else _as_tensor(vector, "vector")
         if self.vector.dim() != 1:
             raise ValueError(f"vector must be 1-D [d_model], got shape {tuple(self.vector.shape)}")
         self.layer, self.scale, self.site = layer, float(scale), site
 
     def site_ops(self, model: Any) -> list[tuple[str, SiteOp]]:
+        if self.trainable:
+            if self.vector.shape[-1] != _d_model(model):
+                _check_vectors(self.vector.detach(), "vector", _d_model(model))
+            return [
+                (hook_name(model, self.site, self.layer), SiteOp(bias=self.vector, bias_scale=self.scale))
+            ]
         _check_vectors(self.vector, "vector", _d_model(model))
         bias = (self.scale * self.vector.double()).to(_device(model), model.cfg.dtype)
         return [(hook_name(model, self.site, self.layer), SiteOp(bias=bias))]

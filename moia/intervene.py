@@ -23,7 +23,12 @@ class SiteHook:
         self.name, self.state, self.track = name, state, track
         self.directions, self.weights = _merge_ablations(name, ops)
         biases = [op.bias for op in ops if op.bias is not None]
-        self.bias = torch.stack(biases).sum(0) if biases else None
+        # a trainable bias (requires_grad) is read on every call so gradients flow and updates show
+        self.live_biases = [
+            (op.bias, op.bias_scale) for op in ops if op.bias is not None and op.bias.requires_grad
+        ]
+        fixed = [b for b in biases if not b.requires_grad]
+        self.bias = torch.stack(fixed).sum(0) if fixed else None
         self.injections = [op for op in ops if op.vectors is not None]
 
     def __call__(self, x: Tensor, hook: Any = None) -> Tensor:
@@ -33,7 +38,11 @@ class SiteHook:
         if self.injections:
             first, *rest = self.injections
             vectors, strengths, starts = self._injection(first, x)
-        out = fused_intervention(x, self.directions, self.weights, self.bias, vectors, strengths, starts)
+        bias = self.bias
+        for live, scale in self.live_biases:
+            term = scale * live.to(x.dtype)
+            bias = term if bias is None else bias + term
+        out = fused_intervention(x, self.directions, self.weights, bias, vectors, strengths, starts)
         for op in rest if self.injections else []:
             v, s, t0 = self._injection(op, x)
             out = fused_intervention(out, None, None, None, v, s, t0)

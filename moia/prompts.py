@@ -62,7 +62,9 @@ def load_prompts(
     return train if split == "train" else val
 
 
-def split_prompts(prompts: list[str], val_fraction: float = 0.25, seed: int = 0) -> tuple[list[str], list[str]]:
+def split_prompts(
+    prompts: list[str], val_fraction: float = 0.25, seed: int = 0
+) -> tuple[list[str], list[str]]:
     """A seeded random ``(train, val)`` split; ``val`` gets ``round(val_fraction * n)`` prompts.
 
     The same prompts, fraction and seed give the same split on every platform (``random.Random``).
@@ -101,7 +103,9 @@ def _read(source: str | pathlib.Path, column: str | None, hf_split: str) -> list
         if isinstance(data, dict) and "instructions" in data:
             data = data["instructions"]
         if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list (or {{'instructions': [...]}}), got {type(data).__name__}")
+            raise ValueError(
+                f"{path}: expected a JSON list (or {{'instructions': [...]}}), got {type(data).__name__}"
+            )
         return _records(data, column, path)
     if suffix == ".jsonl":
         rows = _parse(path, lambda text: [json.loads(line) for line in text.splitlines() if line.strip()])

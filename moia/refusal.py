@@ -11,11 +11,12 @@ and (with ``site="resid_post"``) ablated at the output of layer l; with ``site="
 ablated at the writers of layer l, whose sum is that output.
 
 Selection ([ARDITI]): see ``moia.refusal_selection``. On CPU the evaluation is the cost (three
-forwards of the val prompts per candidate), so by default (``layers=None``) only every second
-layer from 0.25 depth up to ``max_depth`` is evaluated, at every post-instruction position, on at
-most 24 val prompts per set; and filters (b), (c) are evaluated lazily, in increasing order of
-(a), until a candidate passes — which selects the same direction as evaluating all (rows never
-reached keep NaN; ``full_table=True`` evaluates every row).
+forwards of the val prompts per candidate), so by default (``layers=None``) only every
+``round(0.1 * n_layers)``-th layer from 0.25 depth up to ``max_depth`` is evaluated (SmolLM2: 8, 11,
+…, 23), at every post-instruction position, on at most 16 val prompts per set; and filters (b), (c)
+are evaluated lazily, in increasing order of (a), until a candidate passes — which selects the
+same direction as evaluating all (rows never reached keep NaN, saved as null;
+``full_table=True`` evaluates every row). For [ARDITI]'s full sweep pass ``layers=range(n_layers)``.
 
 [MOIA] uses one direction per layer at position −2 (``per_layer``), ablated softly with per-layer
 weights at each decoder layer's output (``ablation("per_layer", weights, site="resid_post")``).
@@ -38,11 +39,11 @@ from .directions import (
     json_meta,
     load_direction_file,
     model_metadata,
-    resolve_layers,
     residual_stream,
+    resolve_layers,
     save_direction_file,
 )
-from .hooks import DirectionAblation
+from .hooks import ABLATION_SITES, DirectionAblation
 from .prompts import split_prompts
 from .refusal_selection import REFUSAL_STARTS, CandidateScorer, refusal_token_ids, select_direction
 
@@ -58,7 +59,9 @@ def post_instruction_tokens(model: Any, system: str | None = "") -> list[str]:
     full = tok(text, add_special_tokens=False).input_ids
     tail = tok(suffix, add_special_tokens=False).input_ids
     if not tail or full[-len(tail) :] != tail:
-        raise ValueError(f"cannot locate the post-instruction tokens {suffix!r} in the tokenized chat template")
+        raise ValueError(
+            f"cannot locate the post-instruction tokens {suffix!r} in the tokenized chat template"
+        )
     return list(tok.convert_ids_to_tokens(tail))
 
 
@@ -100,11 +103,15 @@ class RefusalDirections:
         """``(layer, position, direction)`` of the [ARDITI] selection."""
         if self.selected_layer is None or self.selected_position is None:
             raise ValueError("no direction was selected (refusal_directions(..., select=False)?)")
-        return self.selected_layer, self.selected_position, self.direction(self.selected_layer, self.selected_position)
+        return (
+            self.selected_layer,
+            self.selected_position,
+            self.direction(self.selected_layer, self.selected_position),
+        )
 
     @property
     def selected_direction(self) -> Float[Tensor, " d_model"]:
-        """The selected direction alone, e.g. for ``moia.orthogonalize_weights(model, rd.selected_direction)``."""
+        """The selected direction alone (e.g. for ``moia.orthogonalize_weights(model, direction)``)."""
         return self.selected[2]
 
     def ablation(
@@ -116,7 +123,9 @@ class RefusalDirections:
             return DirectionAblation(self.selected_direction, weights=weights, site=site)
         if kind == "per_layer":
             dirs = self.per_layer(position)
-            return DirectionAblation({layer: dirs[layer] for layer in range(self.n_layers)}, weights=weights, site=site)
+            return DirectionAblation(
+                {layer: dirs[layer] for layer in range(self.n_layers)}, weights=weights, site=site
+            )
         raise ValueError(f"kind must be 'selected' or 'per_layer', got {kind!r}")
 
     def save(self, path: str | os.PathLike) -> None:
@@ -133,7 +142,7 @@ class RefusalDirections:
                 "depths": depth_fractions(range(self.n_layers), self.n_layers),
                 "positions": self.positions,
                 "post_instruction": self.post_instruction,
-                "table": self.table,
+                "table": [{k: _nan_to_none(v) for k, v in row.items()} for row in self.table],
                 "selected": {
                     "layer": self.selected_layer,
                     "position": self.selected_position,
@@ -151,7 +160,9 @@ class RefusalDirections:
         cands = tensors.get("candidates")
         positions = json_meta(meta, "positions", path)
         if cands is None or cands.dim() != 3 or cands.shape[0] != len(positions):
-            raise ValueError(f"{path}: candidates tensor missing or not [{len(positions)}, n_layers, d_model]")
+            raise ValueError(
+                f"{path}: candidates tensor missing or not [{len(positions)}, n_layers, d_model]"
+            )
         if str(cands.shape[1]) != meta.get("n_layers") or str(cands.shape[2]) != meta.get("d_model"):
             raise ValueError(f"{path}: candidates shape {tuple(cands.shape)} disagrees with its metadata")
         sel = json_meta(meta, "selected", path)
@@ -160,13 +171,20 @@ class RefusalDirections:
             positions=positions,
             post_instruction=json_meta(meta, "post_instruction", path),
             model_name=meta.get("model", "unknown"),
-            table=json_meta(meta, "table", path),
+            table=[
+                {k: math.nan if v is None else v for k, v in row.items()}
+                for row in json_meta(meta, "table", path)
+            ],
             selected_layer=sel["layer"],
             selected_position=sel["position"],
             selection_passed=sel["passed"],
             relaxed=sel["relaxed"],
             settings=json_meta(meta, "settings", path),
         )
+
+
+def _nan_to_none(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _prompt_list(prompts: Any, name: str) -> list[str]:
@@ -194,16 +212,19 @@ def mean_difference(
     for name, prompts in (("harmful", harmful), ("harmless", harmless)):
         texts = [format_chat(model, p, system=system) for p in prompts]
         total = torch.zeros(len(positions), len(layers), int(model.cfg.d_model), dtype=torch.float64)
-        for _, acts in residual_stream(model, texts, layers, positions, batch_size, progress, f"{name} means"):
+        for _, acts in residual_stream(
+            model, texts, layers, positions, batch_size, progress, f"{name} means"
+        ):
             total += acts.to(device="cpu", dtype=torch.float64).sum(0)
         means.append(total / len(texts))
     return means[0] - means[1]
 
 
 def default_eval_layers(n_layers: int, max_depth: float = 0.8) -> list[int]:
-    """Every second layer from 0.25 depth up to (not including) ``max_depth``."""
+    """Every ``round(0.1 * n_layers)``-th layer from 0.25 depth up to (not including) ``max_depth``."""
     first = math.floor(0.25 * n_layers + 0.5)
-    return list(range(first, int(max_depth * n_layers), 2)) or [0]
+    stride = max(1, math.floor(0.1 * n_layers + 0.5))
+    return list(range(first, int(max_depth * n_layers), stride)) or [0]
 
 
 def refusal_directions(
@@ -216,7 +237,7 @@ def refusal_directions(
     harmful_val: Sequence[str] | None = None,
     harmless_val: Sequence[str] | None = None,
     val_fraction: float = 0.25,
-    max_val: int = 24,
+    max_val: int = 16,
     seed: int = 0,
     system: str | None = "",
     ablation_site: str = "writers",
@@ -245,60 +266,67 @@ def refusal_directions(
         max_rows: prompt × candidate rows per forward in the evaluation.
     """
     harmful, harmless = _prompt_list(harmful, "harmful"), _prompt_list(harmless, "harmless")
+    if ablation_site not in ABLATION_SITES:
+        raise ValueError(f"unknown ablation site {ablation_site!r}: expected one of {ABLATION_SITES}")
     n_layers = int(model.cfg.n_layers)
     post = post_instruction_tokens(model, system)
     all_positions = list(range(-len(post), 0))
-    if select and harmful_val is None:
-        harmful, harmful_val = split_prompts(harmful, val_fraction, seed)
-    if select and harmless_val is None:
-        harmless, harmless_val = split_prompts(harmless, val_fraction, seed)
+    settings: dict[str, Any] = {"site": "resid_post (output of decoder layer l)", "system": system}
+    if select:  # check everything before the expensive part
+        if harmful_val is None:
+            harmful, harmful_val = split_prompts(harmful, val_fraction, seed)
+        if harmless_val is None:
+            harmless, harmless_val = split_prompts(harmless, val_fraction, seed)
+        harmful_val = _prompt_list(harmful_val, "harmful_val")[:max_val]
+        harmless_val = _prompt_list(harmless_val, "harmless_val")[:max_val]
+        eval_layers = (
+            default_eval_layers(n_layers, max_depth) if layers is None else resolve_layers(model, layers)
+        )
+        eval_positions = all_positions if positions is None else list(positions)
+        bad = [p for p in eval_positions if p not in all_positions]
+        if bad:
+            raise ValueError(f"positions {bad} are not post-instruction positions {all_positions} ({post})")
+        token_ids = refusal_token_ids(model.tokenizer, refusal_starts)
+        settings.update(
+            n_harmful_val=len(harmful_val),
+            n_harmless_val=len(harmless_val),
+            ablation_site=ablation_site,
+            refusal_starts=list(refusal_starts),
+            refusal_token_ids=token_ids,
+            kl_max=kl_max,
+            max_depth=max_depth,
+            induce_threshold=induce_threshold,
+            full_table=full_table,
+        )
     candidates = mean_difference(model, harmful, harmless, all_positions, system, batch_size, progress)
-    settings: dict[str, Any] = {
-        "site": "resid_post (output of decoder layer l)",
-        "system": system,
-        "n_harmful_train": len(harmful),
-        "n_harmless_train": len(harmless),
-        "model_dtype": str(model.cfg.dtype),
-    }
-    result = dict(
-        candidates=candidates.float(), positions=all_positions, post_instruction=post, model_name=model_metadata(model)["model"]
+    settings.update(
+        n_harmful_train=len(harmful), n_harmless_train=len(harmless), model_dtype=str(model.cfg.dtype)
+    )
+    result: dict[str, Any] = dict(
+        candidates=candidates.float(),
+        positions=all_positions,
+        post_instruction=post,
+        model_name=model_metadata(model)["model"],
+        settings=settings,
     )
     if not select:
-        return RefusalDirections(**result, settings=settings)  # type: ignore[arg-type]
+        return RefusalDirections(**result)
 
-    harmful_val = _prompt_list(harmful_val, "harmful_val")[:max_val]
-    harmless_val = _prompt_list(harmless_val, "harmless_val")[:max_val]
-    eval_layers = default_eval_layers(n_layers, max_depth) if layers is None else resolve_layers(model, layers)
-    eval_positions = all_positions if positions is None else list(positions)
-    bad = [p for p in eval_positions if p not in all_positions]
-    if bad:
-        raise ValueError(f"positions {bad} are not post-instruction positions {all_positions} ({post})")
-    token_ids = refusal_token_ids(model.tokenizer, refusal_starts)
     scorer = CandidateScorer(model, harmful_val, harmless_val, token_ids, system, ablation_site, max_rows)
+    settings["baseline_refusal_score"] = scorer.baseline
     grid = [(pos, layer) for layer in eval_layers for pos in eval_positions]
     dirs = torch.stack([candidates[all_positions.index(p), layer] for p, layer in grid]).float()
-    table, relaxed, index, passed = _evaluate(scorer, grid, dirs, n_layers, kl_max, max_depth, induce_threshold, full_table, progress)
-    settings.update(
-        n_harmful_val=len(harmful_val),
-        n_harmless_val=len(harmless_val),
-        ablation_site=ablation_site,
-        refusal_starts=list(refusal_starts),
-        refusal_token_ids=token_ids,
-        kl_max=kl_max,
-        max_depth=max_depth,
-        induce_threshold=induce_threshold,
-        baseline_refusal_score=scorer.baseline,
-        full_table=full_table,
+    table, relaxed, index, passed = _evaluate(
+        scorer, grid, dirs, n_layers, kl_max, max_depth, induce_threshold, full_table, progress
     )
     chosen = table[index] if index is not None else {"layer": None, "position": None}
     return RefusalDirections(
-        **result,  # type: ignore[arg-type]
+        **result,
         table=table,
         selected_layer=chosen["layer"],
         selected_position=chosen["position"],
         selection_passed=passed,
         relaxed=relaxed,
-        settings=settings,
     )
 
 
@@ -323,10 +351,14 @@ def _evaluate(
         for (pos, layer), a in zip(grid, ablation, strict=True)
     ]
     depth_limit = int(max_depth * n_layers)
-    order = sorted((i for i, row in enumerate(table) if row["layer"] < depth_limit), key=lambda i: ablation[i])
+    order = sorted(
+        (i for i, row in enumerate(table) if row["layer"] < depth_limit), key=lambda i: ablation[i]
+    )
 
     def select() -> tuple[int | None, bool, list[str]]:
-        return select_direction(table, n_layers, kl_max, max_depth, induce_threshold, scorer.baseline["harmless"])
+        return select_direction(
+            table, n_layers, kl_max, max_depth, induce_threshold, scorer.baseline["harmless"]
+        )
 
     for start in tqdm(range(0, len(order), chunk), desc="addition and KL", disable=not progress):
         idx = order[start : start + chunk]

@@ -60,9 +60,19 @@ def tiny():
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(
-        n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=128, d_vocab=101, n_ctx=64,
-        act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-        gated_mlp=True, rotary_dim=16, seed=0,
+        n_layers=2,
+        d_model=64,
+        n_heads=4,
+        d_head=16,
+        d_mlp=128,
+        d_vocab=101,
+        n_ctx=64,
+        act_fn="silu",
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        gated_mlp=True,
+        rotary_dim=16,
+        seed=0,
     )
     return HookedTransformer(cfg).eval()
 

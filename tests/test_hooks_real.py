@@ -38,10 +38,16 @@ def _hf_arditi_ablation(hf, r):
 
     handles = []
     for layer in hf.model.layers:
-        handles.append(layer.register_forward_pre_hook(
-            lambda m, args, kwargs: ((proj(args[0]),) + args[1:], kwargs) if args
-            else (args, {**kwargs, "hidden_states": proj(kwargs["hidden_states"])}),
-            with_kwargs=True))
+        handles.append(
+            layer.register_forward_pre_hook(
+                lambda m, args, kwargs: (
+                    ((proj(args[0]),) + args[1:], kwargs)
+                    if args
+                    else (args, {**kwargs, "hidden_states": proj(kwargs["hidden_states"])})
+                ),
+                with_kwargs=True,
+            )
+        )
         handles.append(layer.self_attn.register_forward_hook(lambda m, i, o: (proj(o[0]),) + tuple(o[1:])))
         handles.append(layer.mlp.register_forward_hook(lambda m, i, o: proj(o)))
     return handles
@@ -77,8 +83,9 @@ def test_writers_ablation_removes_direction_everywhere(smollm2):
 def test_writers_ablation_equals_hooks_on_hf_model(smollm2_bridge):
     model = smollm2_bridge
     r = torch.randn(model.cfg.d_model)
-    ids = model.tokenizer(moia.format_chat(model, PROMPTS[1]), return_tensors="pt",
-                          add_special_tokens=False).input_ids
+    ids = model.tokenizer(
+        moia.format_chat(model, PROMPTS[1]), return_tensors="pt", add_special_tokens=False
+    ).input_ids
     with torch.no_grad():
         with moia.intervene(model, moia.DirectionAblation(r)):
             ours = model(ids)
@@ -106,11 +113,17 @@ def test_batched_generation_equals_one_by_one(request, backend):
     strengths = torch.tensor([4.0, 0.0, 6.0, 2.0])
     starts = torch.tensor([3, 5, 1, 4])
     bias = moia.AdditiveVector(torch.randn(d) * 0.5, 12)
-    batched = moia.generate(model, PROMPTS, moia.ConceptInjection(vectors, 10, strengths, starts), bias,
-                            max_new_tokens=16)
+    batched = moia.generate(
+        model, PROMPTS, moia.ConceptInjection(vectors, 10, strengths, starts), bias, max_new_tokens=16
+    )
     alone = [
-        moia.generate(model, [p], moia.ConceptInjection(vectors[i], 10, strengths[i], int(starts[i])), bias,
-                      max_new_tokens=16)[0]
+        moia.generate(
+            model,
+            [p],
+            moia.ConceptInjection(vectors[i], 10, strengths[i], int(starts[i])),
+            bias,
+            max_new_tokens=16,
+        )[0]
         for i, p in enumerate(PROMPTS)
     ]
     assert batched == alone
@@ -140,7 +153,7 @@ def test_injection_present_at_every_decode_step(request, backend):
     # the same token sequence, un-injected, one uncached forward
     full = torch.cat([tokens, torch.zeros(2, n_steps, dtype=torch.long)], dim=1)
     for i, ids in enumerate(new):
-        full[i, tokens.shape[1]:tokens.shape[1] + min(len(ids), n_steps)] = torch.tensor(ids[:n_steps])
+        full[i, tokens.shape[1] : tokens.shape[1] + min(len(ids), n_steps)] = torch.tensor(ids[:n_steps])
     seen2, rec2 = _record(model, ["resid_pre"], [layer + 1])
     full_mask = torch.cat([mask, torch.ones(2, n_steps, dtype=torch.long)], dim=1)
     with torch.no_grad(), model.hooks(fwd_hooks=rec2):
@@ -156,7 +169,7 @@ def test_injection_present_at_every_decode_step(request, backend):
         if len(new[i]) < n_steps:
             continue  # row stopped early: its later tokens were not fed back
         begin = int(pad[i] + starts[i])
-        assert delta[i, int(pad[i]):begin].abs().max() <= 1e-3
+        assert delta[i, int(pad[i]) : begin].abs().max() <= 1e-3
         expected = (strength * v).expand(delta.shape[1] - begin, -1)
         scale = clean[i, begin:].abs().amax(-1, keepdim=True).clamp(min=1.0)
         assert ((delta[i, begin:] - expected).abs() / scale).max() <= 2e-5
@@ -197,8 +210,9 @@ def test_orthogonalize_weights_equals_hook_ablation(request, backend):
 
     model = load_model("smollm2-135m-instruct", backend=backend)  # a private copy: weights change
     r = torch.randn(2, model.cfg.d_model)
-    ids = model.tokenizer(moia.format_chat(model, PROMPTS[1]), return_tensors="pt",
-                          add_special_tokens=False).input_ids
+    ids = model.tokenizer(
+        moia.format_chat(model, PROMPTS[1]), return_tensors="pt", add_special_tokens=False
+    ).input_ids
     with torch.no_grad():
         clean = model(ids)
         with moia.intervene(model, moia.DirectionAblation(r)):

@@ -58,8 +58,9 @@ def test_ablation_resid_post_weighted(tiny, weight):
     abl = moia.DirectionAblation(r, layers=[1], weights=weight, site="resid_post")
     clean, out = _resid(tiny, tokens), _resid(tiny, tokens, abl)
     torch.testing.assert_close(out @ rhat, (1 - weight) * (clean @ rhat), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out - (out @ rhat)[..., None] * rhat, clean - (clean @ rhat)[..., None] * rhat,
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        out - (out @ rhat)[..., None] * rhat, clean - (clean @ rhat)[..., None] * rhat, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_k_directions_are_orthonormalised(tiny):
@@ -80,12 +81,15 @@ def test_per_row_directions(tiny):
 
 def test_one_hook_per_hook_point(tiny):
     r1, r2, b = torch.randn(64), torch.randn(64), torch.randn(64)
-    hooks, _ = compile_hooks(tiny, (
-        moia.DirectionAblation(r1, site="resid_post"),
-        moia.DirectionAblation(r2, site="resid_post"),
-        moia.AdditiveVector(b, 1),
-        moia.ConceptInjection(b, 1, 2.0, 0),
-    ))
+    hooks, _ = compile_hooks(
+        tiny,
+        (
+            moia.DirectionAblation(r1, site="resid_post"),
+            moia.DirectionAblation(r2, site="resid_post"),
+            moia.AdditiveVector(b, 1),
+            moia.ConceptInjection(b, 1, 2.0, 0),
+        ),
+    )
     names = [n for n, _ in hooks]
     assert len(names) == len(set(names))
     assert "blocks.1.hook_resid_post" in names and "hook_embed" in names
@@ -94,33 +98,52 @@ def test_one_hook_per_hook_point(tiny):
 def test_composed_full_ablations_project_out_the_span(tiny):
     tokens = torch.randint(0, 100, (2, 7))
     r1, r2 = torch.randn(64), torch.randn(64)
-    out = _resid(tiny, tokens, moia.DirectionAblation(r1, site="resid_post"),
-                 moia.DirectionAblation(r2, site="resid_post"))
+    out = _resid(
+        tiny,
+        tokens,
+        moia.DirectionAblation(r1, site="resid_post"),
+        moia.DirectionAblation(r2, site="resid_post"),
+    )
     assert (out @ torch.stack([r1, r2]).T).abs().max() < 1e-4 * out.norm(dim=-1).max()
 
 
 def test_weighted_non_orthogonal_composition_is_refused(tiny):
     r1, r2 = torch.randn(64), torch.randn(64)
     with pytest.raises(ValueError, match="non-orthogonal"):
-        compile_hooks(tiny, (moia.DirectionAblation(r1, weights=0.5, site="resid_post"),
-                             moia.DirectionAblation(r2, weights=0.5, site="resid_post")))
+        compile_hooks(
+            tiny,
+            (
+                moia.DirectionAblation(r1, weights=0.5, site="resid_post"),
+                moia.DirectionAblation(r2, weights=0.5, site="resid_post"),
+            ),
+        )
 
 
 def test_writers_site_hook_points(tiny):
     hooks, _ = compile_hooks(tiny, (moia.DirectionAblation(torch.randn(64)),))
-    assert sorted(n for n, _ in hooks) == sorted([
-        "blocks.0.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out",
-        "blocks.1.hook_attn_out", "blocks.1.hook_mlp_out",
-    ])
+    assert sorted(n for n, _ in hooks) == sorted(
+        [
+            "blocks.0.hook_resid_pre",
+            "blocks.0.hook_attn_out",
+            "blocks.0.hook_mlp_out",
+            "blocks.1.hook_attn_out",
+            "blocks.1.hook_mlp_out",
+        ]
+    )
 
 
 def test_no_hook_remains_after_exception(tiny):
     tokens = torch.randint(0, 100, (1, 5))
-    with pytest.raises(RuntimeError, match="boom"), moia.intervene(
-        tiny, moia.DirectionAblation(torch.randn(64)), moia.ConceptInjection(torch.randn(64), 1, 1.0, 0)
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        moia.intervene(
+            tiny, moia.DirectionAblation(torch.randn(64)), moia.ConceptInjection(torch.randn(64), 1, 1.0, 0)
+        ),
     ):
         tiny(tokens)
-        assert sum(len(hp.fwd_hooks) for hp in tiny.hook_dict.values()) == 7  # 5 writers, injection, position tracker
+        assert (
+            sum(len(hp.fwd_hooks) for hp in tiny.hook_dict.values()) == 7
+        )  # 5 writers, injection, position tracker
         raise RuntimeError("boom")
     assert all(len(hp.fwd_hooks) == 0 for hp in tiny.hook_dict.values())
 
@@ -176,3 +199,19 @@ def test_unknown_model_lists_names():
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend must be"):
         moia.load_model("smollm2-135m-instruct", backend="jax")
+
+
+def test_trainable_vector_gets_gradients_and_updates_show(tiny):
+    tokens = torch.randint(0, 100, (2, 6))
+    b = torch.nn.Parameter(torch.zeros(64))
+    hooks = moia.fwd_hooks(tiny, moia.AdditiveVector(b, 0))
+    for p in tiny.parameters():
+        p.requires_grad_(False)
+    loss = tiny.run_with_hooks(tokens, fwd_hooks=hooks).logsumexp(-1).mean()
+    loss.backward()
+    assert b.grad is not None and b.grad.abs().sum() > 0
+    with torch.no_grad():
+        b.add_(1.0)
+        shifted = _resid(tiny, tokens, moia.AdditiveVector(b, 0), name="blocks.0.hook_resid_post")
+        base = _resid(tiny, tokens, name="blocks.0.hook_resid_post")
+    torch.testing.assert_close(shifted - base, torch.ones_like(base), atol=1e-5, rtol=0)

@@ -20,8 +20,10 @@ def _hf_layer_outputs(hf, ids):
     the last entry, so the last layer's raw output is taken from the hook instead.
     """
     outs = []
-    handles = [layer.register_forward_hook(lambda m, i, o: outs.append(o[0] if isinstance(o, tuple) else o))
-               for layer in hf.model.layers]
+    handles = [
+        layer.register_forward_hook(lambda m, i, o: outs.append(o[0] if isinstance(o, tuple) else o))
+        for layer in hf.model.layers
+    ]
     try:
         result = hf(ids, output_hidden_states=True)
     finally:
@@ -73,9 +75,16 @@ def test_local_hf_directory(tmp_path: pathlib.Path, smollm2):
     """Any local HF model directory loads, on both backends, with the same numerics."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=smollm2.cfg.d_vocab, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=256, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=smollm2.cfg.d_vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(tmp_path)
     smollm2.tokenizer.save_pretrained(tmp_path)
@@ -101,6 +110,6 @@ def test_bridge_kv_cache_generation_matches_uncached(smollm2_bridge):
             if int(nxt) == model.tokenizer.eos_token_id:
                 break
             seq = torch.cat([seq, nxt], dim=1)
-    uncached = model.tokenizer.decode(seq[0, ids.shape[1]:], skip_special_tokens=True)
+    uncached = model.tokenizer.decode(seq[0, ids.shape[1] :], skip_special_tokens=True)
     assert cached == uncached
     assert len(cached.split()) >= 3
