@@ -15,7 +15,13 @@ from types import ModuleType
 from jaxtyping import Float, Int
 from torch import Tensor, is_grad_enabled
 
-from .reference import intervention_naive, intervention_reference
+from .reference import (
+    PreparedIntervention,
+    apply_prepared,
+    intervention_naive,
+    intervention_reference,
+    prepare_intervention,
+)
 
 # Found once here; the kernel module itself is imported on first use so that TRITON_INTERPRET,
 # which @triton.jit reads when it decorates, can still be set after `import moia`.
@@ -35,6 +41,24 @@ def _kernel_module() -> ModuleType | None:
     return _triton_module
 
 
+def _kernel(x: Tensor, directions: Tensor | None, *constants: Tensor | None) -> ModuleType | None:
+    """The kernel module when this call should use it, else None (then the twin runs)."""
+    use_kernel = (
+        _HAS_TRITON
+        and (x.is_cuda or os.environ.get("MOIA_FORCE_TRITON") == "1")
+        and (directions is None or directions.dim() == 2)
+        and not any(a is not None and a.requires_grad for a in (directions, *constants))
+    )
+    return _kernel_module() if use_kernel else None
+
+
+def _run_kernel(module: ModuleType, x: Tensor, *args: Tensor | None) -> Tensor:
+    bias = args[2]
+    if is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
+        return module.FusedIntervention.apply(x, *args)
+    return module.triton_intervention(x, *args)
+
+
 def fused_intervention(
     x: Float[Tensor, "batch pos d_model"],
     directions: Tensor | None = None,
@@ -45,18 +69,33 @@ def fused_intervention(
     starts: Int[Tensor, " batch"] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
     """Apply ablation, bias and injection to ``x``; same arguments and result as the twin."""
-    use_kernel = (
-        _HAS_TRITON
-        and (x.is_cuda or os.environ.get("MOIA_FORCE_TRITON") == "1")
-        and (directions is None or directions.dim() == 2)
-        and not any(a is not None and a.requires_grad for a in (directions, weights, vectors, strengths))
-    )
-    module = _kernel_module() if use_kernel else None
+    module = _kernel(x, directions, weights, vectors, strengths)
     if module is None:
         return intervention_reference(x, directions, weights, bias, vectors, strengths, starts)
-    if is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
-        return module.FusedIntervention.apply(x, directions, weights, bias, vectors, strengths, starts)
-    return module.triton_intervention(x, directions, weights, bias, vectors, strengths, starts)
+    return _run_kernel(module, x, directions, weights, bias, vectors, strengths, starts)
 
 
-__all__ = ["fused_intervention", "intervention_naive", "intervention_reference"]
+def run_prepared(
+    x: Float[Tensor, "batch pos d_model"],
+    prepared: PreparedIntervention,
+    starts: Int[Tensor, " batch"] | None = None,
+) -> Float[Tensor, "batch pos d_model"]:
+    """``fused_intervention`` with the constant operands stacked once by ``prepare_intervention``."""
+    p = prepared
+    module = _kernel(x, p.directions, p.weights, p.vectors, p.strengths)
+    if module is None:
+        return apply_prepared(x, p, starts)
+    vectors, strengths = p.vectors, p.strengths
+    if vectors is not None and strengths is not None and vectors.shape[0] != x.shape[0]:
+        vectors, strengths = vectors.expand(x.shape[0], -1), strengths.expand(x.shape[0])
+    return _run_kernel(module, x, p.directions, p.weights, p.bias, vectors, strengths, starts)
+
+
+__all__ = [
+    "PreparedIntervention",
+    "fused_intervention",
+    "intervention_naive",
+    "intervention_reference",
+    "prepare_intervention",
+    "run_prepared",
+]

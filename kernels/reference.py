@@ -16,9 +16,85 @@ more and writes the output once -- about 1.5x the traffic of a copy, against ~5 
 naive ``x - (x @ r)[..., None] * r + b`` chain.
 """
 
+from dataclasses import dataclass
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+
+@dataclass(frozen=True)
+class PreparedIntervention:
+    """The op's constant operands, stacked once (per hook, not per call).
+
+    ``static`` holds the additive rows of M for every row of the batch -- ``[-w R; b; s V]`` --
+    so that a call only computes the coefficient columns C = [x·R, 1, mask] and one ``baddbmm``.
+    """
+
+    directions: Tensor | None  # (k, d) shared or (B, k, d) per row, k >= 1
+    weights: Tensor | None  # (k,) or (B, k)
+    bias: Tensor | None  # (d,)
+    vectors: Tensor | None  # (n, d), n = batch or 1
+    strengths: Tensor | None  # (n,)
+    static: Tensor | None  # (n_rows, m, d) with n_rows = 1 unless something is per row
+
+
+def prepare_intervention(
+    directions: Tensor | None = None,
+    weights: Tensor | None = None,
+    bias: Tensor | None = None,
+    vectors: Tensor | None = None,
+    strengths: Tensor | None = None,
+) -> PreparedIntervention:
+    """Stack the constant operands of the op (see the module docstring) once."""
+    if directions is not None and directions.shape[-2] == 0:
+        directions = weights = None
+    if vectors is not None and strengths is None:
+        raise ValueError("vectors needs strengths and starts")
+    blocks: list[Tensor] = []
+    if directions is not None:
+        w = torch.ones(directions.shape[:-1], dtype=directions.dtype, device=directions.device)
+        if weights is not None:
+            w = w * weights.to(directions.dtype)
+        blocks.append(-(w[..., None] * directions))  # (k, d) or (B, k, d)
+    if bias is not None:
+        blocks.append(bias[None, :])
+    if vectors is not None:
+        assert strengths is not None
+        blocks.append((strengths[:, None] * vectors)[:, None, :])  # (n, 1, d)
+    static = None
+    if blocks:
+        rows = max(b.shape[0] if b.dim() == 3 else 1 for b in blocks)
+        as3 = [b if b.dim() == 3 else b[None].expand(rows, -1, -1) for b in blocks]
+        as3 = [b.expand(rows, -1, -1) for b in as3]
+        static = torch.cat(as3, dim=1).contiguous()
+    return PreparedIntervention(directions, weights, bias, vectors, strengths, static)
+
+
+def apply_prepared(
+    x: Float[Tensor, "batch pos d_model"],
+    p: PreparedIntervention,
+    starts: Int[Tensor, " batch"] | None = None,
+) -> Float[Tensor, "batch pos d_model"]:
+    """``x + C @ M`` with the precomputed M: two reads of x and one write."""
+    batch, pos, d_model = x.shape
+    if p.static is None:
+        return x.clone()
+    cols: list[Tensor] = []
+    if p.directions is not None:
+        r = p.directions
+        cols.append(torch.bmm(x, r.transpose(1, 2)) if r.dim() == 3 else x @ r.T)  # (B, T, k)
+    if p.bias is not None:
+        cols.append(x.new_ones(1, 1, 1).expand(batch, pos, 1))
+    if p.vectors is not None:
+        if starts is None:
+            raise ValueError("vectors needs strengths and starts")
+        t = torch.arange(pos, device=x.device)
+        cols.append((t[None, :, None] >= starts[:, None, None]).to(x.dtype))  # (B, T, 1)
+    c = torch.cat(cols, dim=2) if len(cols) > 1 else cols[0]  # (B, T, m)
+    if p.static.shape[0] == 1:  # nothing per row: one (B*T, m) @ (m, d) matmul
+        return torch.addmm(x.reshape(-1, d_model), c.reshape(-1, c.shape[-1]), p.static[0]).view_as(x)
+    return torch.baddbmm(x, c, p.static.expand(batch, -1, -1))
 
 
 def intervention_reference(
@@ -43,32 +119,10 @@ def intervention_reference(
         strengths: [batch] per-row scale of ``vectors`` (0 = control row).
         starts: [batch] integer first position (in x's coordinates) that receives the injection.
     """
-    batch, pos, d_model = x.shape
-    rows: list[Tensor] = []  # blocks of M, each [batch, m, d]
-    cols: list[Tensor] = []  # matching blocks of C, each [batch, pos, m]
-    if directions is not None and directions.shape[-2] > 0:
-        per_row = directions.dim() == 3
-        r = directions if per_row else directions.expand(batch, *directions.shape)  # (B, k, d)
-        coeff = torch.bmm(x, r.transpose(1, 2))  # (B, T, k): the one extra read of x
-        w = torch.ones((), dtype=x.dtype, device=x.device) if weights is None else weights
-        w = w.reshape(batch if w.dim() == 2 else 1, -1, 1) if w.dim() > 0 else w
-        rows.append(-(w * r))
-        cols.append(coeff)
-    if bias is not None:
-        rows.append(bias.reshape(1, 1, d_model).expand(batch, 1, d_model))
-        cols.append(x.new_ones(1, 1, 1).expand(batch, pos, 1))
-    if vectors is not None:
-        if strengths is None or starts is None:
-            raise ValueError("vectors needs strengths and starts")
-        t = torch.arange(pos, device=x.device)
-        mask = (t[None, :] >= starts[:, None]).to(x.dtype)  # (B, T)
-        rows.append((strengths[:, None] * vectors).to(x.dtype)[:, None, :])
-        cols.append(mask[:, :, None])
-    if not rows:
-        return x.clone()
-    m = torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]  # (B, m, d)
-    c = torch.cat(cols, dim=2) if len(cols) > 1 else cols[0]  # (B, T, m)
-    return torch.baddbmm(x, c, m)
+    if vectors is not None and (strengths is None or starts is None):
+        raise ValueError("vectors needs strengths and starts")
+    prepared = prepare_intervention(directions, weights, bias, vectors, strengths)
+    return apply_prepared(x, prepared, starts)
 
 
 def intervention_naive(

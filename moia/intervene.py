@@ -13,42 +13,61 @@ import torch
 from torch import Tensor
 
 from .hooks import PositionState, SiteOp, _orthonormal, hook_name
-from .kernels import fused_intervention
+from .kernels import PreparedIntervention, prepare_intervention, run_prepared
 
 
 class SiteHook:
-    """The single hook at one hook point: one fused op for everything that acts there."""
+    """The single hook at one hook point: one fused op for everything that acts there.
+
+    The op's constant operands (directions, weights, summed biases, scaled injection vectors) are
+    stacked once here; a call only shifts the injection starts and runs the op.
+    """
 
     def __init__(self, name: str, ops: list[SiteOp], state: PositionState, track: bool) -> None:
         self.name, self.state, self.track = name, state, track
         self.directions, self.weights = _merge_ablations(name, ops)
-        biases = [op.bias for op in ops if op.bias is not None]
+        fixed = [op.bias for op in ops if op.bias is not None and not op.bias.requires_grad]
+        self.bias = torch.stack(fixed).sum(0) if fixed else None
         # a trainable bias (requires_grad) is read on every call so gradients flow and updates show
         self.live_biases = [
             (op.bias, op.bias_scale) for op in ops if op.bias is not None and op.bias.requires_grad
         ]
-        fixed = [b for b in biases if not b.requires_grad]
-        self.bias = torch.stack(fixed).sum(0) if fixed else None
         self.injections = [op for op in ops if op.vectors is not None]
+        self.prepared = None if self.live_biases else self._prepare(self.bias)
+        self.extra = [
+            prepare_intervention(vectors=op.vectors, strengths=op.strengths) for op in self.injections[1:]
+        ]
+
+    def _prepare(self, bias: Tensor | None) -> PreparedIntervention:
+        first = self.injections[0] if self.injections else None
+        return prepare_intervention(
+            self.directions,
+            self.weights,
+            bias,
+            first.vectors if first else None,
+            first.strengths if first else None,
+        )
 
     def __call__(self, x: Tensor, hook: Any = None) -> Tensor:
         if self.track:
             self.state.on_forward(x.shape[1])
-        vectors = strengths = starts = None
-        if self.injections:
-            first, *rest = self.injections
-            vectors, strengths, starts = self._injection(first, x)
-        bias = self.bias
-        for live, scale in self.live_biases:
-            term = scale * live.to(x.dtype)
-            bias = term if bias is None else bias + term
-        out = fused_intervention(x, self.directions, self.weights, bias, vectors, strengths, starts)
-        for op in rest if self.injections else []:
-            v, s, t0 = self._injection(op, x)
-            out = fused_intervention(out, None, None, None, v, s, t0)
+        prepared = self.prepared
+        if prepared is not None and prepared.static is None and not self.extra:
+            return x  # the position tracker alone: nothing to do to x
+        if prepared is None:  # live biases: restack the (small) operands on every call
+            bias = self.bias
+            for live, scale in self.live_biases:
+                term = scale * live.to(x.dtype)
+                bias = term if bias is None else bias + term
+            prepared = self._prepare(bias)
+        starts = self._injection(self.injections[0], x) if self.injections else None
+        out = run_prepared(x, prepared, starts)
+        for op, extra in zip(self.injections[1:], self.extra, strict=True):
+            out = run_prepared(out, extra, self._injection(op, x))
         return out
 
-    def _injection(self, op: SiteOp, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _injection(self, op: SiteOp, x: Tensor) -> Tensor:
+        """The op's starts in x's coordinates, after checking the batch and the prompt lengths."""
         assert op.vectors is not None and op.strengths is not None and op.starts is not None
         batch = x.shape[0]
         n = op.vectors.shape[0]
@@ -70,7 +89,7 @@ class SiteHook:
                     f"(lengths {torch.as_tensor(lengths).reshape(-1).tolist()})"
                 )
         shift = -state.offset if state.pad is None else state.pad - state.offset
-        return op.vectors.expand(batch, -1), op.strengths.expand(batch), starts + shift
+        return starts + shift
 
 
 def _merge_ablations(name: str, ops: list[SiteOp]) -> tuple[Tensor | None, Tensor | None]:

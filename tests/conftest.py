@@ -1,6 +1,5 @@
 """Shared fixtures: the real default models (loaded once per session) and a tiny random model."""
 
-import importlib.util
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -9,8 +8,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-HAS_HOOKED = importlib.util.find_spec("transformer_lens.HookedTransformer") is not None
-needs_hooked = pytest.mark.skipif(not HAS_HOOKED, reason="transformer-lens >= 4 has no HookedTransformer")
+
+def _has_hooked() -> bool:
+    """transformer-lens < 4 (HookedTransformer), judged from its version without importing it:
+    importing transformer_lens imports triton, which must first see TRITON_INTERPRET (test_kernel)."""
+    from importlib.metadata import version
+
+    return int(version("transformer-lens").split(".")[0]) < 4
+
+
+HAS_HOOKED = _has_hooked()
 
 
 @pytest.fixture(autouse=True)
