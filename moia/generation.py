@@ -6,6 +6,7 @@ padding and positions are counted per row, so each row's reply equals the reply 
 forward, then every generated token is one cached forward of one position.
 """
 
+import inspect
 from typing import Any
 
 import torch
@@ -42,6 +43,9 @@ class _Stepper:
 
             self.hf = model.original_model
             self.cache: Any = DynamicCache()
+            # transformers >= 5.24 renamed the forward's cache keyword to ``cache``
+            params = inspect.signature(type(self.hf).forward).parameters
+            self.cache_kw = "cache" if "cache" in params else "past_key_values"
         else:
             from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
@@ -57,7 +61,7 @@ class _Stepper:
                 input_ids=tokens,
                 attention_mask=self.mask,
                 position_ids=positions,
-                past_key_values=self.cache,
+                **{self.cache_kw: self.cache},
                 use_cache=True,
             )
             return out.logits[:, -1].float()
