@@ -93,26 +93,21 @@ class SiteHook:
 
 
 def _merge_ablations(name: str, ops: list[SiteOp]) -> tuple[Tensor | None, Tensor | None]:
-    ablations = [op for op in ops if op.directions is not None]
-    if not ablations:
+    pairs = [
+        (op.directions, op.weights) for op in ops if op.directions is not None and op.weights is not None
+    ]
+    if not pairs:
         return None, None
-    if len(ablations) == 1:
-        return ablations[0].directions, ablations[0].weights
-    per_row = any(op.directions.dim() == 3 for op in ablations)  # type: ignore[union-attr]
-    if per_row:
-        batch = max(op.directions.shape[0] for op in ablations if op.directions.dim() == 3)  # type: ignore
-        rs = [
-            op.directions if op.directions.dim() == 3 else op.directions.expand(batch, -1, -1)  # type: ignore
-            for op in ablations
+    if len(pairs) == 1:
+        return pairs[0]
+    rows = max((r.shape[0] for r, _ in pairs if r.dim() == 3), default=0)
+    if rows:  # some are per row: give every set a batch dimension
+        pairs = [
+            (r if r.dim() == 3 else r.expand(rows, -1, -1), w if w.dim() == 2 else w.expand(rows, -1))
+            for r, w in pairs
         ]
-        ws = [
-            op.weights if op.weights.dim() == 2 else op.weights.expand(batch, -1)  # type: ignore
-            for op in ablations
-        ]
-        r, w = torch.cat(rs, dim=-2), torch.cat(ws, dim=-1)
-    else:
-        r = torch.cat([op.directions for op in ablations])  # type: ignore[misc]
-        w = torch.cat([op.weights for op in ablations])  # type: ignore[misc]
+    r = torch.cat([r for r, _ in pairs], dim=-2)
+    w = torch.cat([w for _, w in pairs], dim=-1)
     gram = r @ r.transpose(-1, -2)
     eye = torch.eye(r.shape[-2], dtype=gram.dtype, device=gram.device)
     if torch.allclose(gram, eye.expand_as(gram), atol=1e-4):

@@ -80,7 +80,7 @@ def _load_hf_from_gguf(model: EmbeddedModel) -> tuple[Any, Any]:
     # HookedTransformer refuse the model and save_pretrained fail.
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
-    hf.hf_quantizer = None
+    hf.hf_quantizer = None  # type: ignore[assignment]
     if not hf.config.architectures:  # Gemma's GGUF config names none; the bridge needs one
         hf.config.architectures = [type(hf).__name__]
     return hf.eval(), tok
@@ -171,7 +171,12 @@ def _load_hooked(hf: Any, tok: Any, official: str | None, dtype: torch.dtype, de
     llama_like = hf is not None and hf.config.model_type == "llama"
     if official is not None and not (llama_like and official not in _official_names()):
         model = HookedTransformer.from_pretrained(
-            official, hf_model=hf, tokenizer=tok, device=device, dtype=dtype, **no_processing
+            official,
+            hf_model=hf,
+            tokenizer=tok,
+            device=device,
+            dtype=dtype,
+            **no_processing,  # type: ignore[arg-type]
         )
     elif llama_like:
         model = _hooked_llama(hf, tok, dtype, device, no_processing)
@@ -218,7 +223,9 @@ def _hooked_llama(hf: Any, tok: Any, dtype: torch.dtype, device: Any, processing
     )
     model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
     model.load_and_process_state_dict(convert_llama_weights(hf, cfg), **processing)
-    return model.to(device=device, dtype=dtype) if (dtype != torch.float32 or device != "cpu") else model
+    if dtype != torch.float32:
+        model = model.to(dtype)  # updates cfg.dtype too
+    return model.to(device) if torch.device(device) != torch.device("cpu") else model
 
 
 def _load_bridge(hf: Any, tok: Any, official: str | None, dtype: torch.dtype, device: Any) -> Any:
@@ -226,7 +233,7 @@ def _load_bridge(hf: Any, tok: Any, official: str | None, dtype: torch.dtype, de
 
     patch_bridge_kv_cache()
     if hf is None:
-        model = TransformerBridge.boot_transformers(official, device=device, dtype=dtype)
+        model = TransformerBridge.boot_transformers(str(official), device=device, dtype=dtype)
     else:
         model = TransformerBridge.boot_transformers(
             official or hf.config.name_or_path or str(hf.config.architectures[0]),
@@ -264,8 +271,8 @@ def patch_bridge_kv_cache() -> bool:
                 kw["past_key_values"] = kw["cache"]
         return original(self, *args, **kw)
 
-    AttentionBridge._update_kv_cache = _update_kv_cache
-    AttentionBridge._moia_kv_patch = True
+    AttentionBridge._update_kv_cache = _update_kv_cache  # type: ignore[method-assign]
+    AttentionBridge._moia_kv_patch = True  # type: ignore[attr-defined]
     return True
 
 
