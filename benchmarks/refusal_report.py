@@ -41,7 +41,7 @@ def mean_score(model: Any, prompts: list[str], *interventions: Any) -> float:
     return float(refusal_score(logprobs, refusal_token_ids(model.tokenizer)).mean())
 
 
-def measure(model: Any, prompts: list[str], max_new_tokens: int, *interventions: Any) -> dict[str, Any]:
+def measure(model: Any, prompts: list[Any], max_new_tokens: int, *interventions: Any) -> dict[str, Any]:
     replies = moia.generate(model, prompts, *interventions, max_new_tokens=max_new_tokens)
     refusals = [is_refusal(r) for r in replies]
     return {

@@ -45,20 +45,19 @@ def resolve_layers(model_or_n_layers: Any, layers: Any) -> list[int]:
     items = list(layers) if isinstance(layers, (list, tuple, range)) else [layers]
     if not items:
         raise ValueError("layers must not be empty")
-    out = set()
+    out: set[int] = set()
     for item in items:
         if isinstance(item, bool) or not isinstance(item, numbers.Real):
             raise TypeError(f"layers: {item!r} is neither a layer index (int) nor a depth fraction (float)")
-        if not isinstance(item, numbers.Integral):
-            if not 0.0 <= item < 1.0:
-                raise ValueError(
-                    f"layers: depth fraction {item} must lie in [0, 1); give layer indices as ints"
-                )
-            out.add(min(math.floor(item * n + 0.5), n - 1))
-        elif not 0 <= item < n:
-            raise ValueError(f"layers: layer {item} out of range for a model with {n} layers")
-        else:
-            out.add(int(item))  # numpy / torch integers too
+        if isinstance(item, numbers.Integral):  # numpy / torch integers too
+            if not 0 <= int(item) < n:
+                raise ValueError(f"layers: layer {item} out of range for a model with {n} layers")
+            out.add(int(item))
+            continue
+        depth = float(item)
+        if not 0.0 <= depth < 1.0:
+            raise ValueError(f"layers: depth fraction {depth} must lie in [0, 1); give layer indices as ints")
+        out.add(min(math.floor(depth * n + 0.5), n - 1))
     return sorted(out)
 
 

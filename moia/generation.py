@@ -7,6 +7,7 @@ forward, then every generated token is one cached forward of one position.
 """
 
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -114,7 +115,7 @@ def generate_tokens(
 
 def generate(
     model: Any,
-    prompts: list[str | Messages] | str,
+    prompts: Sequence[str | Messages] | str,
     *interventions: Any,
     max_new_tokens: int = 100,
     temperature: float = 0.0,

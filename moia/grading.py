@@ -181,7 +181,7 @@ _NEGATOR_BEFORE = re.compile(
     r"(?:\s+[a-z']+){0,3}\s*$"
 )
 _NEGATOR_INSIDE = re.compile(r"\b(?:no|not|nothing|any|anything)\b")
-_QUESTION_ECHO = re.compile(r"\b(?:do|did|can|could|whether|if)\s+i\s+$")
+_QUESTION_ECHO = re.compile(r"\b(?:do|did|can|could|whether|if)\s+(?:i|you)\s+$")
 # Sentences that answer the set-up ("Yes, I'm ready") or describe an ability, not this trial.
 _NON_ANSWER = re.compile(
     r"\b(?:i'm|i am) ready\b|\bi understand\b|\blet's (?:begin|start|get started)\b|"

@@ -217,7 +217,8 @@ class AdditiveVector:
             return [
                 (hook_name(model, self.site, self.layer), SiteOp(bias=self.vector, bias_scale=self.scale))
             ]
-        _check_vectors(self.vector, "vector", _d_model(model))
+        if self.vector.shape[-1] != _d_model(model):  # a zero bias is a valid no-op (PROTOCOL §5: b = 0)
+            _check_vectors(self.vector, "vector", _d_model(model))
         bias = (self.scale * self.vector.double()).to(_device(model), model.cfg.dtype)
         return [(hook_name(model, self.site, self.layer), SiteOp(bias=bias))]
 

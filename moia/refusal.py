@@ -11,12 +11,14 @@ and (with ``site="resid_post"``) ablated at the output of layer l; with ``site="
 ablated at the writers of layer l, whose sum is that output.
 
 Selection ([ARDITI]): see ``moia.refusal_selection``. On CPU the evaluation is the cost (three
-forwards of the val prompts per candidate), so by default (``layers=None``) only every
-``round(0.1 * n_layers)``-th layer from 0.25 depth up to ``max_depth`` is evaluated (SmolLM2: 8, 11,
-…, 23), at every post-instruction position, on at most 16 val prompts per set; and filters (b), (c)
-are evaluated lazily, in increasing order of (a), until a candidate passes — which selects the
-same direction as evaluating all (rows never reached keep NaN, saved as null;
-``full_table=True`` evaluates every row). For [ARDITI]'s full sweep pass ``layers=range(n_layers)``.
+forwards of the val prompts per candidate), so the default grid is small: ``default_eval_layers``
+(every ``round(0.1 * n_layers)``-th layer from 0.25 depth up to ``max_depth``; SmolLM2: 8, 11, …,
+23) × ``default_eval_positions`` (the first post-instruction token, −2 and −1, where most of the
+directions [ARDITI] selected for their models sit), on at most 16 val prompts per set. Pass
+``layers=range(n_layers), positions=range(-n_post, 0)`` for [ARDITI]'s full sweep. Filters (b)
+and (c) are evaluated lazily, in increasing order of (a), until a candidate passes all filters;
+this selects the same direction as evaluating every row (rows never reached keep NaN, saved as
+null; ``full_table=True`` evaluates them all).
 
 [MOIA] uses one direction per layer at position −2 (``per_layer``), ablated softly with per-layer
 weights at each decoder layer's output (``ablation("per_layer", weights, site="resid_post")``).
@@ -24,6 +26,7 @@ weights at each decoder layer's output (``ablation("per_layer", weights, site="r
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -220,6 +223,11 @@ def mean_difference(
     return means[0] - means[1]
 
 
+def default_eval_positions(n_post: int) -> list[int]:
+    """The first post-instruction token, −2 and −1 (those that exist)."""
+    return sorted({-n_post, max(-2, -n_post), -1})
+
+
 def default_eval_layers(n_layers: int, max_depth: float = 0.8) -> list[int]:
     """Every ``round(0.1 * n_layers)``-th layer from 0.25 depth up to (not including) ``max_depth``."""
     first = math.floor(0.25 * n_layers + 0.5)
@@ -258,7 +266,7 @@ def refusal_directions(
             each is split (``split_prompts(val_fraction, seed)``): train for the means, val (at
             most ``max_val``) for the selection.
         layers, positions: the candidates evaluated in the selection (indices/depths; negative
-            positions); default: ``default_eval_layers`` × every post-instruction position.
+            positions); default: ``default_eval_layers`` × ``default_eval_positions``.
         ablation_site: where candidates are ablated for (a) and (c): "writers" ([ARDITI]) or
             "resid_post" ([MOIA]).
         kl_max, max_depth, induce_threshold: the filters of ``refusal_selection``.
@@ -266,6 +274,8 @@ def refusal_directions(
         max_rows: prompt × candidate rows per forward in the evaluation.
     """
     harmful, harmless = _prompt_list(harmful, "harmful"), _prompt_list(harmless, "harmless")
+    if max_val < 1:
+        raise ValueError(f"max_val must be >= 1, got {max_val}")
     if ablation_site not in ABLATION_SITES:
         raise ValueError(f"unknown ablation site {ablation_site!r}: expected one of {ABLATION_SITES}")
     n_layers = int(model.cfg.n_layers)
@@ -282,7 +292,7 @@ def refusal_directions(
         eval_layers = (
             default_eval_layers(n_layers, max_depth) if layers is None else resolve_layers(model, layers)
         )
-        eval_positions = all_positions if positions is None else list(positions)
+        eval_positions = default_eval_positions(len(post)) if positions is None else list(positions)
         bad = [p for p in eval_positions if p not in all_positions]
         if bad:
             raise ValueError(f"positions {bad} are not post-instruction positions {all_positions} ({post})")
@@ -312,8 +322,16 @@ def refusal_directions(
     if not select:
         return RefusalDirections(**result)
 
+    assert harmful_val is not None and harmless_val is not None  # set above when select
     scorer = CandidateScorer(model, harmful_val, harmless_val, token_ids, system, ablation_site, max_rows)
     settings["baseline_refusal_score"] = scorer.baseline
+    if scorer.baseline["harmful"] <= scorer.baseline["harmless"]:
+        warnings.warn(
+            f"{result['model_name']}: mean refusal score on harmful val prompts "
+            f"({scorer.baseline['harmful']:.2f}) is not above harmless ({scorer.baseline['harmless']:.2f}); "
+            "the model barely refuses, so no candidate is likely to mediate refusal",
+            stacklevel=2,
+        )
     grid = [(pos, layer) for layer in eval_layers for pos in eval_positions]
     dirs = torch.stack([candidates[all_positions.index(p), layer] for p, layer in grid]).float()
     table, relaxed, index, passed = _evaluate(
@@ -346,7 +364,7 @@ def _evaluate(
     ablation: list[float] = []
     for start in tqdm(range(0, len(grid), chunk), desc="ablation scores", disable=not progress):
         ablation += scorer.ablation_scores(dirs[start : start + chunk])
-    table = [
+    table: list[dict[str, Any]] = [
         dict(layer=layer, position=pos, ablation_score=a, addition_score=math.nan, kl=math.nan, passed=False)
         for (pos, layer), a in zip(grid, ablation, strict=True)
     ]

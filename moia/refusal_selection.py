@@ -72,10 +72,14 @@ def refusal_token_ids(tokenizer: Any, starts: Sequence[str] = REFUSAL_STARTS) ->
 
 
 def refusal_score(logits: Float[Tensor, "batch vocab"], token_ids: Sequence[int]) -> Float[Tensor, " batch"]:
-    """log p − log(1 − p) with p = the total probability of ``token_ids`` (computed in float64)."""
+    """log p − log(1 − p) with p = the total probability of ``token_ids`` (in float64).
+
+    log(1 − p) is the log-sum-exp over the other tokens, exact also when p is within 1e-16 of 1.
+    """
     logprobs = logits.double().log_softmax(-1)
-    log_p = logprobs[:, list(token_ids)].logsumexp(-1).clamp(max=-1e-12)
-    log_not_p = torch.where(log_p > -math.log(2), torch.log(-torch.expm1(log_p)), torch.log1p(-log_p.exp()))
+    ids = torch.as_tensor(list(token_ids), device=logits.device)
+    log_p = logprobs[:, ids].logsumexp(-1)
+    log_not_p = logprobs.index_fill(-1, ids, -math.inf).logsumexp(-1)
     return log_p - log_not_p
 
 
