@@ -187,7 +187,11 @@ _NON_ANSWER = re.compile(
     r"\b(?:i'm|i am) ready\b|\bi understand\b|\blet's (?:begin|start|get started)\b|"
     r"\bwhenever you're ready\b|\bgo ahead\b|\bgot it\b|\bsounds good\b|\bi'll do my best\b|"
     r"\b(?:i can|i'm able to|i am able to|i will|i'll)\s+(?:[a-z]+\s+)?(?:detect|notice|sense)\s+"
-    r"(?:injected\s+)?thoughts\b"
+    r"(?:injected\s+)?thoughts\b|"
+    # intentions and plans, not reports of this trial: "I'll simulate a thought ...", "I will try to detect"
+    r"\b(?:i'll|i will|i'm going to|i am going to|let me|i'd like to|i want to|i'll try to|i will try to)\s+"
+    r"(?:[a-z]+\s+){0,2}?(?:simulate|try|attempt|see|check|detect|notice|sense|inject|imagine|create|"
+    r"generate|think|pretend|play)\b"
 )
 _SENTENCE_END = re.compile(r"[.!?\n]")
 _CONTRAST = re.compile(
