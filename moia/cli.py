@@ -7,13 +7,8 @@ import argparse
 import importlib
 import sys
 
-# subcommand -> module with ``add_parser(subparsers)``; the parser's ``func`` runs it
-SUBCOMMANDS = {
-    "demo": "moia.demo",
-    "directions": "moia.cli_directions",
-    "reproduce": "moia.cli_reproduce",
-    "train-bias": "moia.cli_train",
-}
+# modules with ``add_parser(subparsers)``; the parser's ``func`` runs the subcommand
+SUBCOMMANDS = ["moia.cli_reproduce", "moia.demo", "moia.cli_directions", "moia.cli_train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,14 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Introspective Awareness' (Macar et al. 2026).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in SUBCOMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue  # not built yet
-        mod.add_parser(sub)
+    for module in SUBCOMMANDS:
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 

@@ -266,9 +266,9 @@ def patch_bridge_kv_cache() -> bool:
         return False
 
     def _update_kv_cache(self: Any, *args: Any, **kw: Any) -> Any:
-        if kw.get("past_key_values") is None and kw.get("layer_past") is None:
-            if kw.get("cache") is not None:
-                kw["past_key_values"] = kw["cache"]
+        cache = kw.get("cache")
+        if cache is not None and kw.get("past_key_values") is None and kw.get("layer_past") is None:
+            kw["past_key_values"] = cache
         return original(self, *args, **kw)
 
     AttentionBridge._update_kv_cache = _update_kv_cache  # type: ignore[method-assign]

@@ -1,0 +1,145 @@
+"""Batched generation whose rows share a prompt prefix: the prefix is run once, its KV cache reused.
+
+Every trial of an arm has the same prompt up to its injection start (the token before
+``"Trial {n}"``, PROTOCOL §2): about 120 of SmolLM2's 150 prompt tokens. Nothing is injected
+there, and an arm's ablation or bias acts the same on every row, so the prefix's keys and values
+are the same in every row. ``generate_shared_prefix`` runs the prefix once (batch 1, with the
+arm's interventions), repeats its cache over the batch, and runs only the per-row suffixes (left-
+padded *after* the prefix) and the new tokens with every intervention, as ``generate_tokens``
+does. On a CPU, where the prompt forward is compute-bound, this cuts the prompt cost of a batch
+by the prefix's share of the prompt.
+
+Layout of row i: ``[prefix (P)] [pad_i] [suffix_i]``. Rotary positions come from the cumulative
+attention mask (0..P-1, then P.. for the suffix, on both backends), and ``PositionState`` maps a
+padded position t >= P to the unpadded position t - pad_i, as it does with left padding, so
+``ConceptInjection`` starts (>= P) need no change. Each reply equals that of ``generate_tokens``
+on the unpadded prompt (tested).
+"""
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .chat import stop_token_ids
+from .intervene import intervene
+from .models import is_bridge
+
+
+class _PrefixStepper:
+    """A KV-cached forward on either backend, whose cache can be repeated over the batch."""
+
+    def __init__(self, model: Any, device: Any) -> None:
+        self.model, self.bridge = model, is_bridge(model)
+        if self.bridge:
+            from transformers import DynamicCache
+
+            self.cache: Any = DynamicCache()
+        else:
+            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+            self.cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
+        self.mask: Tensor | None = None  # [batch, positions so far]; bridge only
+
+    def repeat(self, batch: int) -> None:
+        """Repeat the batch-1 cache ``batch`` times."""
+        if self.bridge:
+            self.cache.batch_repeat_interleave(batch)
+            assert self.mask is not None
+            self.mask = self.mask.expand(batch, -1)
+            return
+        for entry in self.cache.entries:
+            entry.past_keys = entry.past_keys.expand(batch, -1, -1, -1)
+            entry.past_values = entry.past_values.expand(batch, -1, -1, -1)
+        self.cache.previous_attention_mask = self.cache.previous_attention_mask.expand(batch, -1)
+
+    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        """Logits of the last position after feeding ``tokens`` ([batch, new], mask of the same
+        shape). Only the last position is unembedded: at 49k tokens of vocabulary the unembedding
+        of every prompt position would cost a quarter of the prompt forward."""
+        if not self.bridge:
+            n = int(self.model.cfg.n_layers)
+            resid = self.model(tokens, attention_mask=mask, past_kv_cache=self.cache, stop_at_layer=n)
+            return self.model.unembed(self.model.ln_final(resid[:, -1:]))[:, -1].float()
+        self.mask = mask if self.mask is None else torch.cat([self.mask, mask], dim=1)
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)[:, -tokens.shape[1] :]
+        out = self.model.original_model(
+            input_ids=tokens,
+            attention_mask=self.mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1].float()
+
+
+@torch.no_grad()
+def generate_shared_prefix(
+    model: Any,
+    prefix: list[int],
+    suffixes: list[list[int]],
+    shared: tuple[Any, ...] = (),
+    per_row: tuple[Any, ...] = (),
+    max_new_tokens: int = 100,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> list[list[int]]:
+    """Generate from prompts ``prefix + suffixes[i]``; returns each row's new token ids.
+
+    Args:
+        shared: interventions that act the same on every row (ablation, bias); they also act on
+            the prefix.
+        per_row: interventions that may differ per row (``ConceptInjection``); their starts must
+            lie at or after the prefix (positions count tokens of the unpadded prompt).
+        temperature, seed: as ``moia.generation.generate_tokens``.
+    """
+    if not prefix or not suffixes or any(not s for s in suffixes):
+        raise ValueError("the prefix and every suffix must hold at least one token")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    for inj in per_row:
+        if int(torch.as_tensor(inj.start).min()) < len(prefix):
+            raise ValueError(f"an injection starts inside the shared prefix ({len(prefix)} tokens)")
+    device = next(model.parameters()).device
+    batch, width = len(suffixes), max(len(s) for s in suffixes)
+    pad_id = model.tokenizer.pad_token_id
+    pad_id = model.tokenizer.eos_token_id if pad_id is None else pad_id
+    tokens = torch.full((batch, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, width), dtype=torch.long)
+    for i, s in enumerate(suffixes):
+        tokens[i, width - len(s) :] = torch.tensor(s)
+        mask[i, width - len(s) :] = 1
+    tokens, mask = tokens.to(device), mask.to(device)
+    full_mask = torch.cat([torch.ones((batch, len(prefix)), dtype=torch.long, device=device), mask], dim=1)
+
+    stepper = _PrefixStepper(model, device)
+    with intervene(model, *shared):
+        stepper.forward(
+            torch.tensor([prefix], device=device),
+            torch.ones((1, len(prefix)), dtype=torch.long, device=device),
+        )
+    stepper.repeat(batch)
+
+    stops = torch.tensor(stop_token_ids(model.tokenizer), device=device)
+    generator = None
+    if temperature > 0:
+        generator = torch.Generator(device=device).manual_seed(0 if seed is None else seed)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    out: list[list[int]] = [[] for _ in range(batch)]
+    with intervene(model, *shared, *per_row, attention_mask=full_mask) as state:
+        state.manual, state.seen = True, len(prefix)  # the prefix is already in the cache
+        logits = stepper.forward(tokens, mask)
+        for _ in range(max_new_tokens):
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            else:
+                nxt = logits.argmax(-1)
+            done |= torch.isin(nxt, stops)
+            for i in (~done).nonzero()[:, 0].tolist():
+                out[i].append(int(nxt[i]))
+            if bool(done.all()):
+                break
+            logits = stepper.forward(nxt[:, None], torch.ones_like(nxt[:, None]))
+    return out
