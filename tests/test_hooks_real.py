@@ -60,11 +60,7 @@ def test_writers_ablation_removes_direction_everywhere(smollm2):
     seen, rec = _record(model, ["resid_pre", "resid_mid", "resid_post"], range(model.cfg.n_layers))
     texts = [moia.format_chat(model, p) for p in PROMPTS[:2]]
     tokens, mask = tokenize_prompts(model, texts)
-    with model.hooks(fwd_hooks=[]):
-        new = generate_tokens(model, tokens, mask, moia.DirectionAblation(r), max_new_tokens=6)
-        assert sum(len(v) for v in new) > 0
     # the recorders must run after the ablation hooks: install them inside intervene
-    seen.clear()
     with moia.intervene(model, moia.DirectionAblation(r), attention_mask=mask), model.hooks(fwd_hooks=rec):
         from moia.generation import _Stepper
 
@@ -127,7 +123,7 @@ def test_batched_generation_equals_one_by_one(request, backend):
         for i, p in enumerate(PROMPTS)
     ]
     assert batched == alone
-    plain = moia.generate(model, PROMPTS, bias, max_new_tokens=16)
+    plain = moia.generate(model, PROMPTS, bias, max_new_tokens=12)
     assert plain[1] == batched[1]  # the control row is untouched
     assert plain[0] != batched[0] or plain[2] != batched[2]  # injections changed something
 
