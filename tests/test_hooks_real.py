@@ -110,7 +110,7 @@ def test_batched_generation_equals_one_by_one(request, backend):
     starts = torch.tensor([3, 5, 1, 4])
     bias = moia.AdditiveVector(torch.randn(d) * 0.5, 12)
     batched = moia.generate(
-        model, PROMPTS, moia.ConceptInjection(vectors, 10, strengths, starts), bias, max_new_tokens=16
+        model, PROMPTS, moia.ConceptInjection(vectors, 10, strengths, starts), bias, max_new_tokens=12
     )
     alone = [
         moia.generate(
@@ -118,7 +118,7 @@ def test_batched_generation_equals_one_by_one(request, backend):
             [p],
             moia.ConceptInjection(vectors[i], 10, strengths[i], int(starts[i])),
             bias,
-            max_new_tokens=16,
+            max_new_tokens=12,
         )[0]
         for i, p in enumerate(PROMPTS)
     ]
