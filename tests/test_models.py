@@ -59,7 +59,8 @@ def test_hf_numerics(request, name, backend):
             torch.testing.assert_close(ref.hidden_states[layer + 1], layer_outputs[layer], atol=0, rtol=0)
         assert _scaled_error(ours, layer_outputs[layer]) <= 1e-5, f"layer {layer}"
         small = layer_outputs[layer].abs().amax(-1) < 1e3  # ordinary positions: absolute bound
-        assert (ours - layer_outputs[layer]).abs().amax(-1)[small].max() <= 1e-3, f"layer {layer}"
+        if small.any():
+            assert (ours - layer_outputs[layer]).abs().amax(-1)[small].max() <= 1e-3, f"layer {layer}"
 
 
 def test_converted_weights_are_cached_as_safetensors(smollm2):
