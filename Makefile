@@ -53,7 +53,7 @@ test-fast: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 test-tl4: $(VENV_TL4)/.installed
-	$(VENV_TL4)/bin/python -m pytest -q -k bridge tests/test_models.py tests/test_hooks_real.py
+	$(VENV_TL4)/bin/python -m pytest -q -k bridge tests
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest benchmarks --benchmark-enable -q

@@ -76,7 +76,7 @@ def test_writers_ablation_removes_direction_everywhere(smollm2):
             assert relative_component(x, r) <= 1e-5, name
 
 
-def test_writers_ablation_equals_hooks_on_hf_model(smollm2_bridge):
+def test_writers_ablation_on_bridge_equals_hooks_on_hf_model(smollm2_bridge):
     model = smollm2_bridge
     r = torch.randn(model.cfg.d_model)
     ids = model.tokenizer(
