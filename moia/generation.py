@@ -7,7 +7,7 @@ forward, then every generated token is one cached forward of one position.
 """
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -85,31 +85,53 @@ def generate_tokens(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    stops = torch.tensor(stop_token_ids(model.tokenizer), device=tokens.device)
-    generator = None
-    if temperature > 0:
-        generator = torch.Generator(device=tokens.device)
-        generator.manual_seed(0 if seed is None else seed)
-    batch = tokens.shape[0]
-    done = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
-    out: list[list[int]] = [[] for _ in range(batch)]
     stepper = _Stepper(model, tokens, attention_mask)
     with intervene(model, *interventions, attention_mask=attention_mask) as state:
         state.manual = True  # prefill then one-token steps: offsets follow the tokens fed
         state.seen = 0
         logits = stepper.forward(tokens, first=True)
-        for _ in range(max_new_tokens):
-            if temperature > 0:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
-            else:
-                nxt = logits.argmax(-1)
-            done |= torch.isin(nxt, stops)
-            for i in (~done).nonzero()[:, 0].tolist():
-                out[i].append(int(nxt[i]))
-            if bool(done.all()):
-                break
-            logits = stepper.forward(nxt[:, None], first=False)
+        return decode(
+            model,
+            logits,
+            lambda nxt: stepper.forward(nxt, first=False),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+        )
+
+
+def decode(
+    model: Any,
+    logits: Tensor,
+    step: Callable[[Tensor], Tensor],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> list[list[int]]:
+    """The decode loop: pick a token per row from ``logits`` [batch, vocab], feed it to ``step``
+    (one cached forward of [batch, 1] returning the next logits), until every row has emitted a
+    stop token or ``max_new_tokens``. Returns each row's tokens, stop token excluded."""
+    device = logits.device
+    stops = torch.tensor(stop_token_ids(model.tokenizer), device=device)
+    generator = None
+    if temperature > 0:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(0 if seed is None else seed)
+    batch = logits.shape[0]
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    out: list[list[int]] = [[] for _ in range(batch)]
+    for _ in range(max_new_tokens):
+        if temperature > 0:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        else:
+            nxt = logits.argmax(-1)
+        done |= torch.isin(nxt, stops)
+        for i in (~done).nonzero()[:, 0].tolist():
+            out[i].append(int(nxt[i]))
+        if bool(done.all()):
+            break
+        logits = step(nxt[:, None])
     return out
 
 

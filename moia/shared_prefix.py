@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .chat import stop_token_ids
+from .generation import decode
 from .intervene import intervene
 from .models import is_bridge
 
@@ -121,25 +121,14 @@ def generate_shared_prefix(
         )
     stepper.repeat(batch)
 
-    stops = torch.tensor(stop_token_ids(model.tokenizer), device=device)
-    generator = None
-    if temperature > 0:
-        generator = torch.Generator(device=device).manual_seed(0 if seed is None else seed)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    out: list[list[int]] = [[] for _ in range(batch)]
     with intervene(model, *shared, *per_row, attention_mask=full_mask) as state:
         state.manual, state.seen = True, len(prefix)  # the prefix is already in the cache
         logits = stepper.forward(tokens, mask)
-        for _ in range(max_new_tokens):
-            if temperature > 0:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
-            else:
-                nxt = logits.argmax(-1)
-            done |= torch.isin(nxt, stops)
-            for i in (~done).nonzero()[:, 0].tolist():
-                out[i].append(int(nxt[i]))
-            if bool(done.all()):
-                break
-            logits = stepper.forward(nxt[:, None], torch.ones_like(nxt[:, None]))
-    return out
+        return decode(
+            model,
+            logits,
+            lambda nxt: stepper.forward(nxt, torch.ones_like(nxt)),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+        )
