@@ -110,7 +110,9 @@ _CURLY_APOSTROPHE = re.compile(r"[‘’`´]")
 _SPECIAL_TOKEN = re.compile(r"<[^<>\s]{1,40}>")
 _WHITESPACE = re.compile(r"[ \t]+")
 # Idioms that contain a synonym without naming the concept.
-_IDIOMS = re.compile(r"\b(?:happy|glad) to\b")
+_IDIOMS = re.compile(
+    r"\b(?:happy|glad) to\b|\b(?:i'm|i am|we're|so) (?:happy|glad)\b|\b(?:happy|glad) (?:you|that)\b"
+)  # politeness, not the concept
 
 # --- coherence ----------------------------------------------------------------------------------------
 _TOKEN = re.compile(r"\S+")
