@@ -12,7 +12,7 @@ from .directions import resolve_layers
 from .experiment import TrialRunner, run_sweep
 from .generation import generate
 from .grading import Grade, grade
-from .hooks import AdditiveVector, ConceptInjection, DirectionAblation, hook_name
+from .hooks import AdditiveVector, ConceptInjection, DirectionAblation, hook_name, injections_by_layer
 from .intervene import fwd_hooks, intervene
 from .models import available_models, load_model
 from .orthogonalize import orthogonalize_weights
@@ -58,6 +58,7 @@ __all__ = [
     "generate",
     "grade",
     "hook_name",
+    "injections_by_layer",
     "intervene",
     "load_model",
     "orthogonalize_weights",

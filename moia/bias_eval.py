@@ -27,9 +27,9 @@ from torch import Tensor
 
 from .bias_data import TrialTokens, trial_tokens
 from .concepts import ConceptVectors
-from .generation import generate_tokens
+from .generation import generate_tokens, left_pad
 from .grading import grade, names_concept
-from .hooks import AdditiveVector, ConceptInjection
+from .hooks import AdditiveVector, injections_by_layer
 from .stats import clopper_pearson_upper, wilson_interval
 from .sweep import CONTROL_CONCEPT, random_direction
 
@@ -67,25 +67,14 @@ def run_trials(
     for i in range(0, len(trials), batch_size):
         chunk = trials[i : i + batch_size]
         rows = [tokens.prompts[t.trial] for t in chunk]
-        width = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for j, r in enumerate(rows):
-            ids[j, width - len(r) :] = torch.tensor(r)
-            mask[j, width - len(r) :] = 1
+        ids, mask = left_pad(rows, 0)
         starts = torch.tensor([tokens.starts[t.trial] for t in chunk])
-        injections = []
-        for layer in sorted({t.layer for t in chunk if t.vector is not None}):
-            here = [t.vector is not None and t.layer == layer for t in chunk]
-            placeholder = torch.ones(int(model.cfg.d_model))  # strength 0: rows injected elsewhere
-            vecs = torch.stack(
-                [
-                    t.vector if h and t.vector is not None else placeholder
-                    for t, h in zip(chunk, here, strict=True)
-                ]
-            )
-            strengths = torch.tensor([t.strength if h else 0.0 for t, h in zip(chunk, here, strict=True)])
-            injections.append(ConceptInjection(vecs.float(), layer, strengths, starts))
+        injections = injections_by_layer(
+            [t.vector for t in chunk],
+            [t.layer if t.vector is not None else None for t in chunk],
+            [t.strength if t.vector is not None else 0.0 for t in chunk],
+            starts,
+        )
         new = generate_tokens(
             model, ids.to(device), mask.to(device), *interventions, *injections, max_new_tokens=max_new_tokens
         )

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .bias_data import Batch
-from .hooks import ConceptInjection
+from .generation import left_pad
+from .hooks import ConceptInjection, injections_by_layer
 from .intervene import intervene
 from .models import is_bridge
 
@@ -35,12 +36,8 @@ PATHS = ("auto", "full", "shared_prefix")
 
 def _injections(batch: Batch, starts: Tensor) -> list[ConceptInjection]:
     """One ConceptInjection per distinct injection layer; rows at other layers get strength 0."""
-    layers = sorted({layer for layer in batch.layers if layer >= 0})
-    out = []
-    for layer in layers:
-        here = torch.tensor([row_layer == layer for row_layer in batch.layers])
-        out.append(ConceptInjection(batch.vectors, layer, batch.strengths * here, starts))
-    return out
+    layers = [layer if layer >= 0 else None for layer in batch.layers]
+    return injections_by_layer(list(batch.vectors), layers, batch.strengths, starts)
 
 
 def _unembed(model: Any, resid: Tensor) -> Tensor:
@@ -91,12 +88,7 @@ def _full_losses(model: Any, batch: Batch, bias: Any) -> tuple[Tensor, Tensor]:
     device = _device(model)
     seqs = [p + t for p, t in zip(batch.prompts, batch.targets, strict=True)]
     width = max(len(s) for s in seqs)
-    tokens = torch.zeros(len(seqs), width, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        tokens[i, width - len(s) :] = torch.tensor(s)
-        mask[i, width - len(s) :] = 1
-    tokens, mask = tokens.to(device), mask.to(device)
+    tokens, mask = left_pad(seqs, 0, device)
     # target token j of row i sits at padded position width - len(target) + j; the logits that
     # predict it sit one position earlier
     rows, pos, labels = _target_index(batch, [width] * len(seqs), device)

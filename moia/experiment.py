@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .generation import generate_tokens, tokenize_prompts
 from .grading import names_concept
-from .hooks import ConceptInjection
+from .hooks import ConceptInjection, injections_by_layer
 from .judge import Judge, JudgeError, RuleJudge
 from .protocol import FORCED_PREFILL, TrialPrompt, build_trial
 from .results import TRIALS, append_trials, check_run_settings, read_trials
@@ -83,15 +83,12 @@ class TrialRunner:
 
     def injections(self, specs: Sequence[TrialSpec]) -> list[ConceptInjection]:
         """One ``ConceptInjection`` per injection layer in ``specs``; other rows get strength 0."""
-        starts = torch.tensor([self.prompt(s).start for s in specs])
-        out = []
-        for layer in sorted({s.layer for s in specs if s.injected and s.layer is not None}):
-            here = [s.injected and s.layer == layer for s in specs]
-            filler = self.vector(specs[here.index(True)])  # any non-zero vector; strength 0 there
-            vectors = torch.stack([self.vector(s) if h else filler for s, h in zip(specs, here, strict=True)])
-            strengths = torch.tensor([s.strength if h else 0.0 for s, h in zip(specs, here, strict=True)])
-            out.append(ConceptInjection(vectors, layer, strengths, starts))  # [batch, d], [batch]
-        return out
+        return injections_by_layer(
+            [self.vector(s) if s.injected else None for s in specs],
+            [s.layer if s.injected else None for s in specs],
+            [s.strength if s.injected else 0.0 for s in specs],
+            torch.tensor([self.prompt(s).start for s in specs]),
+        )
 
     def token_ids(self, spec: TrialSpec) -> list[int]:
         key = (spec.trial, spec.forced)

@@ -24,12 +24,20 @@ def tokenize_prompts(model: Any, texts: list[str], device: Any = None) -> tuple[
     rows = [tok(t, add_special_tokens=False).input_ids for t in texts]
     if any(len(r) == 0 for r in rows):
         raise ValueError("prompts must not be empty")
+    return left_pad(rows, pad_token_id(tok), device)
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any = None) -> tuple[Tensor, Tensor]:
+    """Left-pad token id lists: ``(tokens, attention_mask)``, both [batch, max length]."""
     width = max(len(r) for r in rows)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        tokens[i, width - len(r) :] = torch.tensor(r)
+        tokens[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
         mask[i, width - len(r) :] = 1
     return tokens.to(device), mask.to(device)
 
@@ -88,7 +96,6 @@ def generate_tokens(
     stepper = _Stepper(model, tokens, attention_mask)
     with intervene(model, *interventions, attention_mask=attention_mask) as state:
         state.manual = True  # prefill then one-token steps: offsets follow the tokens fed
-        state.seen = 0
         logits = stepper.forward(tokens, first=True)
         return decode(
             model,

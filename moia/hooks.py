@@ -17,7 +17,8 @@ of several tokens starts a new sequence, a one-token forward continues the previ
 decoding). ``moia.generate`` drives the state explicitly.
 """
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -271,6 +272,37 @@ class ConceptInjection:
         return [(hook_name(model, self.site, self.layer), op)]
 
 
+def injections_by_layer(
+    vectors: Sequence[Tensor | None],
+    layers: Sequence[int | None],
+    strengths: Sequence[float] | Tensor,
+    starts: Any,
+    site: str = "resid_post",
+) -> list[ConceptInjection]:
+    """Per-row injections at per-row layers: one ``ConceptInjection`` per distinct layer.
+
+    Row i is injected with ``strengths[i] * vectors[i]`` at ``layers[i]`` (None: a control row,
+    injected nowhere). At every other layer a row carries strength 0, so trials of different layers
+    and control trials share one batch.
+    """
+    if not len(vectors) == len(layers) == len(strengths):
+        raise ValueError(
+            f"vectors, layers and strengths must have one entry per row, got "
+            f"{len(vectors)}, {len(layers)} and {len(strengths)}"
+        )
+    injected = [v for v, layer in zip(vectors, layers, strict=True) if v is not None and layer is not None]
+    if not injected:
+        return []
+    filler = injected[0]  # any non-zero vector where the strength is 0
+    stacked = torch.stack([filler if v is None else v for v in vectors]).float()
+    s = torch.as_tensor(strengths, dtype=torch.float32)
+    out = []
+    for layer in sorted({layer for layer in layers if layer is not None}):
+        here = torch.tensor([row_layer == layer for row_layer in layers])
+        out.append(ConceptInjection(stacked, layer, s * here, starts, site=site))
+    return out
+
+
 def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
@@ -285,7 +317,6 @@ class PositionState:
     offset: int = 0  # padded position of x[:, 0]
     seen: int = 0  # tokens processed in the current sequence
     manual: bool = False  # True while moia.generate drives the state
-    forwards: int = field(default=0)
 
     def set_attention_mask(self, attention_mask: Tensor | None) -> None:
         if attention_mask is None:
@@ -298,8 +329,7 @@ class PositionState:
 
     def on_forward(self, q_len: int) -> None:
         """Called once per forward (from the embedding hook) with its number of new positions."""
-        if not self.manual and (q_len > 1 or self.seen == 0):
+        if not self.manual and q_len > 1:  # several new tokens: a new sequence
             self.seen = 0
         self.offset = self.seen
         self.seen += q_len
-        self.forwards += 1

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .generation import decode
+from .generation import decode, left_pad, pad_token_id
 from .intervene import intervene
 from .models import is_bridge
 
@@ -102,15 +102,8 @@ def generate_shared_prefix(
         if int(torch.as_tensor(inj.start).min()) < len(prefix):
             raise ValueError(f"an injection starts inside the shared prefix ({len(prefix)} tokens)")
     device = next(model.parameters()).device
-    batch, width = len(suffixes), max(len(s) for s in suffixes)
-    pad_id = model.tokenizer.pad_token_id
-    pad_id = model.tokenizer.eos_token_id if pad_id is None else pad_id
-    tokens = torch.full((batch, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((batch, width), dtype=torch.long)
-    for i, s in enumerate(suffixes):
-        tokens[i, width - len(s) :] = torch.tensor(s)
-        mask[i, width - len(s) :] = 1
-    tokens, mask = tokens.to(device), mask.to(device)
+    batch = len(suffixes)
+    tokens, mask = left_pad(suffixes, pad_token_id(model.tokenizer), device)
     full_mask = torch.cat([torch.ones((batch, len(prefix)), dtype=torch.long, device=device), mask], dim=1)
 
     stepper = _PrefixStepper(model, device)

@@ -215,3 +215,23 @@ def test_trainable_vector_gets_gradients_and_updates_show(tiny):
         shifted = _resid(tiny, tokens, moia.AdditiveVector(b, 0), name="blocks.0.hook_resid_post")
         base = _resid(tiny, tokens, name="blocks.0.hook_resid_post")
     torch.testing.assert_close(shifted - base, torch.ones_like(base), atol=1e-5, rtol=0)
+
+
+def test_injections_by_layer_per_row_layers_and_controls(tiny):
+    """Row 0 at layer 0, row 1 a control, row 2 at layer 1: each sees only its own injection."""
+    tokens = torch.randint(0, 100, (3, 6))
+    v = torch.randn(3, 64)
+    injections = moia.injections_by_layer([v[0], None, v[2]], [0, None, 1], [2.0, 0.0, 3.0], [1, 0, 2])
+    assert [inj.layer for inj in injections] == [0, 1]
+    got0 = _resid(tiny, tokens, *injections, name="blocks.0.hook_resid_post")
+    want0 = _resid(tiny, tokens, moia.ConceptInjection(v[0], 0, 2.0, 1), name="blocks.0.hook_resid_post")
+    torch.testing.assert_close(got0[0], want0[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        got0[1:], _resid(tiny, tokens, name="blocks.0.hook_resid_post")[1:], atol=0, rtol=0
+    )
+    got1 = _resid(tiny, tokens, *injections)
+    want1 = _resid(tiny, tokens[2:], moia.ConceptInjection(v[2], 1, 3.0, 2))
+    torch.testing.assert_close(got1[2:], want1, atol=1e-5, rtol=1e-5)
+    assert moia.injections_by_layer([None], [None], [0.0], [0]) == []
+    with pytest.raises(ValueError, match="one entry per row, got 2, 1 and 2"):
+        moia.injections_by_layer([v[0], v[1]], [0], [1.0, 1.0], 0)
