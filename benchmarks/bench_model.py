@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import moia
-from moia.generation import generate_tokens
+from moia.lm.decoding import generate_tokens
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CUDA = torch.cuda.is_available()

@@ -8,7 +8,7 @@ strengths, controls, forced trials; trial numbers 1..4) with 16 new tokens each:
 
 - ``batched``: ``TrialRunner.generate`` of all 32 in one call, as ``run_sweep`` does: per-row
   injections, and the prompt prefix every trial shares (the ~120 tokens before "Trial n") run
-  once (``moia.shared_prefix``);
+  once (``moia.lm.decoding``);
 - ``batched, no shared prefix``: the same call through ``generate_tokens`` (left-padded prompts);
 - ``one at a time``: ``generate_tokens`` per trial, the full prompt each time ([MOIA]'s code does
   this), timed on the first ``N_SOLO`` trials (the per-trial cost is the same for every trial).
@@ -25,9 +25,10 @@ import time
 import pytest
 import torch
 
-from moia.concepts import ConceptVectors
-from moia.experiment import TrialRunner
-from moia.sweep import TrialSpec
+from moia.directions.concepts import ConceptVectors
+from moia.experiment.run import SweepRows
+from moia.experiment.sweep import Sweep, TrialSpec
+from moia.trials.runner import TrialRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 BATCH, NEW_TOKENS, N_SOLO = 32, 16, 8
@@ -71,10 +72,10 @@ def _timed(fn):
 
 
 def test_batched_sweep_vs_one_trial_at_a_time(benchmark, model):
-    specs = _trials()
-    vectors = _vectors(model)
-    shared = TrialRunner(model, vectors, max_new_tokens=NEW_TOKENS)
-    plain = TrialRunner(model, vectors, max_new_tokens=NEW_TOKENS, shared_prefix=False)
+    rows = SweepRows(model, _vectors(model), Sweep(list(WORDS), list(LAYERS), list(STRENGTHS)))
+    specs = [rows.row(s) for s in _trials()]
+    shared = TrialRunner(model, max_new_tokens=NEW_TOKENS)
+    plain = TrialRunner(model, max_new_tokens=NEW_TOKENS, shared_prefix=False)
     plain.generate(specs[:1])  # warm up
     batched = benchmark.pedantic(lambda: shared.generate(specs), rounds=1, iterations=1)
     if benchmark.stats is not None:

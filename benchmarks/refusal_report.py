@@ -24,13 +24,13 @@ from typing import Any
 import torch
 
 import moia
-from moia.chat import format_chat
-from moia.generation import tokenize_prompts
-from moia.hooks import AdditiveVector, DirectionAblation
-from moia.intervene import intervene
-from moia.prompts import load_prompts, split_prompts
-from moia.refusal import RefusalDirections, refusal_directions
-from moia.refusal_selection import is_refusal, last_logprobs, refusal_score, refusal_token_ids
+from moia.core.compile import intervene
+from moia.core.interventions import AdditiveVector, DirectionAblation
+from moia.directions.prompts import load_prompts, split_prompts
+from moia.directions.refusal import RefusalDirections, refusal_directions
+from moia.directions.selection import is_refusal, last_logprobs, refusal_score, refusal_token_ids
+from moia.lm.chat import format_chat
+from moia.lm.decoding import tokenize_prompts
 
 
 @torch.no_grad()

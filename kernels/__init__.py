@@ -10,6 +10,7 @@ weights or vectors, no triton -- runs the twin.
 
 import importlib.util
 import os
+import warnings
 from types import ModuleType
 
 from jaxtyping import Float, Int
@@ -34,8 +35,14 @@ def _kernel_module() -> ModuleType | None:
     if _triton_module is None:
         try:
             from . import triton_intervention
-        except ImportError:  # installed but unusable (e.g. no matching driver)
+        except ImportError as e:  # installed but unusable (e.g. no matching driver)
             _HAS_TRITON = False
+            warnings.warn(
+                f"moia: triton is installed but cannot be imported ({e}); the fused op runs its plain-torch "
+                "twin instead of the Triton kernel (same results, slower on a GPU)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
             return None
         _triton_module = triton_intervention
     return _triton_module

@@ -1,65 +1,48 @@
 """moia: fast, correct mechanistic interventions for TransformerLens.
 
 Reproduces "Mechanisms of Introspective Awareness" ([MOIA], Macar et al. 2026) on top of the
-injected-thought experiment of [LINDSEY] (Lindsey 2025) and refusal directions of [ARDITI]
-(Arditi et al. 2024). See ``PROTOCOL.md`` for the science.
+injected-thought experiment of [LINDSEY] (Lindsey 2025) and the refusal directions of [ARDITI]
+(Arditi et al. 2024); ``docs/protocol.md`` states the science. The layers, lowest first:
+``core`` (interventions, hooks) · ``kernels`` (the fused op) · ``lm`` (models, chat, decoding) ·
+``directions`` · ``eval`` (grading, statistics) · ``trials`` · ``experiment`` and ``training`` ·
+``cli``. The names below are the public surface; the experiment and the trainer are
+``moia.experiment`` and ``moia.training``.
 """
 
-from .bias import BiasVector, load_bias
-from .chat import format_chat
-from .concepts import ConceptVectors, concept_vectors, concept_words
-from .directions import resolve_layers
-from .experiment import TrialRunner, run_sweep
-from .generation import generate
-from .grading import Grade, grade
-from .hooks import AdditiveVector, ConceptInjection, DirectionAblation, hook_name, injections_by_layer
-from .intervene import fwd_hooks, intervene
-from .models import available_models, load_model
-from .orthogonalize import orthogonalize_weights
-from .prompts import load_prompts, split_prompts
-from .protocol import build_trial
-from .refusal import RefusalDirections, refusal_directions
-from .refusal_selection import select_direction
-from .report import write_report
-from .sweep import Sweep
-from .training import TrainConfig, sweep_bias_layers, train_bias
+from importlib.metadata import version
 
-AdditiveVector.load = staticmethod(load_bias)  # type: ignore[attr-defined]
+from . import experiment, training
+from .core import (
+    AdditiveVector,
+    ConceptInjection,
+    DirectionAblation,
+    fwd_hooks,
+    intervene,
+    orthogonalize_weights,
+    resolve_layers,
+)
+from .directions import ConceptVectors, RefusalDirections, concept_vectors, refusal_directions
+from .eval import Grade, grade
+from .lm import generate, load_model
 
-__version__ = "0.1.0"
+__version__ = version("moia")
 
 __all__ = [
     "AdditiveVector",
-    "BiasVector",
-    "ConceptVectors",
-    "RefusalDirections",
-    "Sweep",
-    "TrainConfig",
-    "TrialRunner",
-    "build_trial",
-    "concept_vectors",
-    "concept_words",
-    "load_bias",
-    "load_prompts",
-    "refusal_directions",
-    "resolve_layers",
-    "run_sweep",
-    "select_direction",
-    "split_prompts",
-    "sweep_bias_layers",
-    "train_bias",
-    "write_report",
     "ConceptInjection",
+    "ConceptVectors",
     "DirectionAblation",
     "Grade",
-    "available_models",
-    "format_chat",
+    "RefusalDirections",
+    "concept_vectors",
+    "experiment",
     "fwd_hooks",
     "generate",
     "grade",
-    "hook_name",
-    "injections_by_layer",
     "intervene",
     "load_model",
     "orthogonalize_weights",
+    "refusal_directions",
+    "resolve_layers",
+    "training",
 ]

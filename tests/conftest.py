@@ -5,6 +5,16 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Every annotated function of moia has its types and jaxtyping shapes checked at run time in the
+# test suite (beartype). The hook must be installed before moia is first imported.
+from jaxtyping import install_import_hook  # noqa: E402
+
+TYPECHECKED = ["moia.core", "moia.lm", "moia.directions", "moia.eval", "moia.trials", "moia.experiment"]
+TYPECHECKED += ["moia.training", "moia.cli", "moia.io", "moia.kernels.reference"]  # not the Triton kernel
+import tests.typecheck  # noqa: E402,F401  (the checker the hook names)
+
+install_import_hook(TYPECHECKED, "tests.typecheck.typechecker")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

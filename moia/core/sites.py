@@ -1,0 +1,71 @@
+"""Hook sites: moia's site names, and the hook point each names on a model, resolved once.
+
+Sites (per decoder layer unless noted):
+
+- ``embed`` (no layer): the token embedding;
+- ``resid_pre`` / ``resid_mid`` / ``resid_post``: the residual stream before the block, between
+  attention and MLP, and after the block (the decoder layer's output, HF ``hidden_states[L + 1]``);
+- ``attn_out`` / ``mlp_out``: what the attention / MLP block adds to the residual stream (after
+  Gemma's post-norms);
+- ``mlp_pre_norm``: the MLP's down-projection output before Gemma's post-feed-forward norm — [MOIA]'s
+  bias site (PROTOCOL §5); the same as ``mlp_out`` on models without that norm.
+
+``hook_name`` is cached per model: on the bridge ``hook_dict`` is rebuilt on every access (ms each).
+"""
+
+import weakref
+from typing import Any
+
+from .layers import resolve_layer
+from .model import LanguageModel
+
+SITES = ("embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_pre_norm")
+ABLATION_SITES = ("writers", "resid_post", "resid_pre")
+
+_NAMES: "weakref.WeakKeyDictionary[Any, dict[tuple[str, int | None], str]]" = weakref.WeakKeyDictionary()
+
+
+def check_site(site: str, allowed: tuple[str, ...] = SITES, name: str = "site") -> str:
+    if site not in allowed:
+        raise ValueError(f"{name}: unknown hook site {site!r}: expected one of {allowed}")
+    return site
+
+
+def hook_name(model: LanguageModel, site: str, layer: int | float | None = None) -> str:
+    """The hook point for ``site`` at ``layer`` (index or depth fraction) on this model.
+
+    On the bridge this is the canonical hook name (not an alias), so that hooks added under it fire.
+    """
+    check_site(site)
+    index = None if site == "embed" else resolve_layer(model, layer)
+    cache = _NAMES.setdefault(model, {})
+    key = (site, index)
+    if key not in cache:
+        cache[key] = _resolve(model, site, index)
+    return cache[key]
+
+
+def _resolve(model: LanguageModel, site: str, layer: int | None) -> str:
+    hook_dict = model.hook_dict  # read once: the bridge rebuilds it on every access
+    if site == "embed":
+        legacy = "hook_embed"
+    elif site == "mlp_pre_norm":
+        legacy = f"blocks.{layer}.ln2_post.hook_in"
+        if legacy not in hook_dict:
+            if f"blocks.{layer}.ln2_post.hook_scale" in hook_dict:
+                raise ValueError(
+                    "site 'mlp_pre_norm' has no hook point on this HookedTransformer (the input of "
+                    "ln2_post is not hooked); use backend='bridge'"
+                )
+            legacy = f"blocks.{layer}.hook_mlp_out"
+    else:
+        legacy = f"blocks.{layer}.hook_{site}"
+    hook_point = hook_dict.get(legacy)
+    if hook_point is None:
+        raise ValueError(f"unknown hook name {legacy!r} on {type(model).__name__}")
+    return str(getattr(hook_point, "name", None) or legacy)
+
+
+def has_post_norms(model: LanguageModel) -> bool:
+    """Whether a norm sits between the attention / MLP output and the residual stream (Gemma 2/3)."""
+    return any("ln1_post" in name or "ln2_post" in name for name in model.hook_dict)

