@@ -16,10 +16,9 @@ from ..core.layers import resolve_layer
 from ..core.model import LanguageModel
 from ..directions.concepts import concept_vectors
 from ..eval.grading import CONTROL_CONCEPT, grade
-from ..lm.loading import DEFAULT_MODEL, load_model
 from ..trials.prompt import build_trial
 from ..trials.runner import TrialRow, TrialRunner
-from .options import layer_arg
+from .options import add_model_options, layer_arg, load_model_from_args
 
 
 def run_demo(
@@ -57,7 +56,7 @@ def run_demo(
 def main(args: argparse.Namespace) -> int:
     torch.set_grad_enabled(False)
     t0 = time.time()
-    model = load_model(args.model, backend=args.backend)
+    model = load_model_from_args(args)
     print(f"loaded {args.model} ({args.backend}) in {time.time() - t0:.1f}s")
     records = run_demo(model, args.words, args.layer, args.strength, args.trial, args.max_new_tokens)
     for r in records:
@@ -72,8 +71,7 @@ def main(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("demo", help="a few injected and control trials, printed")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--backend", default="hooked", choices=["hooked", "bridge"])
+    add_model_options(p)
     p.add_argument("--words", nargs="+", default=["Dust", "Oceans", "Trumpets"])
     p.add_argument(
         "--layer",

@@ -11,8 +11,7 @@ import argparse
 import math
 from typing import Any
 
-from ..lm.loading import DEFAULT_MODEL
-from .options import layer_arg
+from .options import add_model_options, layer_arg, load_model_from_args
 
 
 def add_parser(subparsers: Any) -> None:
@@ -20,10 +19,7 @@ def add_parser(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="directions_command", metavar="KIND", required=True)
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"model name or directory (default {DEFAULT_MODEL})"
-    )
-    common.add_argument("--backend", choices=("hooked", "bridge"), default="hooked")
+    add_model_options(common)
     common.add_argument("--out", required=True, help="the .safetensors file to write")
     common.add_argument("--system", default="", help="the system turn ('' = an explicit empty one)")
     common.add_argument("--batch-size", type=int, default=16)
@@ -50,18 +46,12 @@ def add_parser(subparsers: Any) -> None:
     refusal.set_defaults(func=run_refusal)
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from ..lm.loading import load_model
-
-    return load_model(args.model, backend=args.backend)
-
-
 def run_concepts(args: argparse.Namespace) -> int:
     from ..directions.concepts import concept_vectors, concept_words
 
     words = args.words or concept_words(args.word_list)
     cv = concept_vectors(
-        _load(args),
+        load_model_from_args(args),
         words,
         args.layers,
         baseline_words=args.baseline_words,
@@ -81,7 +71,7 @@ def run_refusal(args: argparse.Namespace) -> int:
     from ..directions.refusal import refusal_directions
 
     rd = refusal_directions(
-        _load(args),
+        load_model_from_args(args),
         load_prompts(args.harmful),
         load_prompts(args.harmless),
         layers=args.layers,

@@ -14,7 +14,34 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from ..core.model import LanguageModel
+from ..lm.loading import DEFAULT_MODEL
+
 T = TypeVar("T")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_model_options(parser: argparse.ArgumentParser, backend: str = "hooked") -> None:
+    """--model, --backend, --device and --dtype: which model every subcommand loads, and where."""
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"model name or directory (default {DEFAULT_MODEL})"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("hooked", "bridge"),
+        default=backend,
+        help=f"HookedTransformer or TransformerBridge (default {backend})",
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default float32)")
+
+
+def load_model_from_args(args: argparse.Namespace) -> LanguageModel:
+    import torch
+
+    from ..lm.loading import load_model
+
+    return load_model(args.model, backend=args.backend, dtype=getattr(torch, args.dtype), device=args.device)
 
 
 def layer_arg(text: str) -> int | float:

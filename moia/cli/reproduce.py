@@ -17,8 +17,7 @@ import time
 from typing import Any
 
 from ..experiment.sweep import ARMS, Sweep
-from ..lm.loading import DEFAULT_MODEL
-from .options import add_options, from_args
+from .options import add_model_options, add_options, from_args, load_model_from_args
 
 # The quick grid, sized for a 2-core CPU with SmolLM2-135M on the bridge backend: 6 concepts ×
 # 2 layers × 2 strengths × trials 1-2, concept and random vectors, forced trials, 10 control
@@ -32,7 +31,6 @@ QUICK: dict[str, Any] = dict(
     control_trials=list(range(1, 11)),
     max_new_tokens=32,
 )
-DTYPES = ("float32", "bfloat16", "float16")
 # PROTOCOL §2: the 50 test concepts, trials 1..10, 100 new tokens; depths around [MOIA]'s
 # detection peak (0.47) and canonical layer (0.6), strengths around its canonical 4. Meant for a
 # GPU: 6,000 trials per vector kind and arm.
@@ -56,15 +54,7 @@ def add_parser(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"model name or directory (default {DEFAULT_MODEL})"
-    )
-    p.add_argument(
-        "--backend",
-        choices=("hooked", "bridge"),
-        default="bridge",
-        help="TransformerBridge (default: same numerics, about twice as fast on CPU) or HookedTransformer",
-    )
+    add_model_options(p, backend="bridge")  # the bridge: same numerics, about twice as fast on CPU
     p.add_argument("--out", help="output folder (default runs/reproduce-<model>[-full])")
     p.add_argument("--full", action="store_true", help="PROTOCOL's full grid instead of the quick one")
     # grid options default to the quick (or --full) grid; the rest to the Sweep's defaults
@@ -86,8 +76,6 @@ def add_parser(subparsers: Any) -> None:
         "(full per-layer ablation at every layer leaves SmolLM2 incoherent)",
     )
     p.add_argument("--ablation-site", choices=("resid_post", "writers", "resid_pre"), default="resid_post")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype")
     p.add_argument("--threads", type=int, help="torch CPU threads (>= 1)")
     p.set_defaults(func=run)
 
@@ -130,20 +118,19 @@ def build_sweep(args: argparse.Namespace) -> Sweep:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..core.model import device_of
     from ..eval.judge import make_judge
     from ..experiment.arms import NO_BIAS, AblationSpec, cached_concept_vectors, prepare_arms
     from ..experiment.report import table_rows, text_table, write_report
     from ..experiment.results import TRIALS, read_trials
     from ..experiment.run import run_sweep
     from ..experiment.sweep import sweep_trials
-    from ..lm.loading import load_model
 
     t0 = time.perf_counter()
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     sweep = build_sweep(args)
     ablation = AblationSpec(args.ablation, args.ablation_weight, args.ablation_site)
     judge = make_judge(args.judge)
@@ -159,8 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if not sweep.arms:
         raise ValueError("no arm left to run")
 
-    dtype = getattr(torch, args.dtype)
-    model = load_model(args.model, backend=args.backend, dtype=dtype, device=args.device)
+    model = load_model_from_args(args)
     layers = sweep.validate(int(model.cfg.n_layers))
     out.mkdir(parents=True, exist_ok=True)
     print(f"moia reproduce: {args.model}, layers {layers}, output {out}", flush=True)
@@ -169,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     run_settings = {
         "backend": args.backend,
         "dtype": args.dtype,
-        "device": torch.device(args.device).type,
+        "device": device_of(model).type,  # where the model is, not what was asked for
         "judge": args.judge if args.judge == "rule" else f"{args.judge} ({getattr(judge, 'model', '?')})",
         "concept_vectors": {"capitalize": not args.lowercase},
         "arms": arm_settings,

@@ -16,10 +16,11 @@ import argparse
 import pathlib
 from typing import Any
 
+from ..core.model import LanguageModel
+from ..directions.bias import BiasVector
 from ..io import write_json
-from ..lm.loading import DEFAULT_MODEL
 from ..training.config import TrainConfig
-from .options import add_options, from_args, layer_arg
+from .options import add_model_options, add_options, from_args, layer_arg, load_model_from_args
 
 
 def add_parser(subparsers: Any) -> None:
@@ -29,11 +30,7 @@ def add_parser(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"model name or directory (default {DEFAULT_MODEL})"
-    )
-    p.add_argument("--backend", choices=("hooked", "bridge"), default="hooked")
-    p.add_argument("--device", default="cpu")
+    add_model_options(p)
     p.add_argument("--out", required=True, help="the bias .safetensors file to write")
     p.add_argument("--checkpoint", help="checkpoint file (default: OUT with .ckpt.safetensors)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
@@ -70,14 +67,13 @@ def split_from_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lm.loading import load_model
     from ..training.train import sweep_bias_layers, train_bias
 
     cfg = config_from_args(args)
     train, held_out = split_from_args(args)
     out = pathlib.Path(args.out)
     ckpt = pathlib.Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt.safetensors")
-    model = load_model(args.model, backend=args.backend, device=args.device)
+    model = load_model_from_args(args)
     if args.resume and not ckpt.exists() and not args.sweep_layers:
         print(f"no checkpoint at {ckpt}: starting afresh")
     if args.sweep_layers:
@@ -109,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(
-    model: Any, bias: Any, held_out: list[str], args: argparse.Namespace, cfg: Any
+    model: LanguageModel, bias: BiasVector, held_out: list[str], args: argparse.Namespace, cfg: TrainConfig
 ) -> dict[str, Any]:
     from ..directions.concepts import concept_vectors
     from ..training.config import MOIA_EVAL_DEPTHS
@@ -117,7 +113,7 @@ def _evaluate(
 
     words = held_out[: args.eval_concepts] if args.eval_concepts else held_out
     cv = concept_vectors(model, words, args.eval_layers or list(MOIA_EVAL_DEPTHS), progress=not args.quiet)
-    common = dict(max_new_tokens=cfg.max_new_tokens, system=cfg.system, seed=cfg.seed)
+    common: dict[str, Any] = dict(max_new_tokens=cfg.max_new_tokens, system=cfg.system, seed=cfg.seed)
     report = {
         "before": evaluate_bias(model, None, bias.layer, bias.site, cv, args.eval_strengths, **common),
         "after": evaluate_bias(model, bias.vector, bias.layer, bias.site, cv, args.eval_strengths, **common),
@@ -133,7 +129,7 @@ def _pct(r: dict[str, Any]) -> str:
     return f"{100 * r['rate']:.1f}% [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}] (n={r['n']})"
 
 
-def summary(bias: Any) -> str:
+def summary(bias: BiasVector) -> str:
     """A plain-text table of what was measured."""
     v = bias.verification
     lines = [f"bias: layer {bias.layer} ({bias.site}), |b| = {float(bias.vector.norm()):.3f}"]

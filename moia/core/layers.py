@@ -36,29 +36,27 @@ def resolve_layer(model_or_n_layers: Any, layer: Any, name: str = "layer") -> in
     return min(int(depth * n + 1e-9), n - 1)
 
 
-def resolve_layers(model_or_n_layers: Any, layers: Any, name: str = "layers") -> list[int]:
-    """Layer indices, sorted and unique, from ints and/or depth fractions; None means every layer."""
+def _resolve_all(model_or_n_layers: Any, layers: Any, name: str) -> list[int]:
     n = _n(model_or_n_layers)
     if layers is None:
         return list(range(n))
     items = list(layers) if isinstance(layers, Iterable) and not isinstance(layers, str) else [layers]
     if not items:
         raise ValueError(f"{name} must not be empty")
-    return sorted({resolve_layer(n, item, name) for item in items})
+    return [resolve_layer(n, item, name) for item in items]
+
+
+def resolve_layers(model_or_n_layers: Any, layers: Any, name: str = "layers") -> list[int]:
+    """Layer indices, sorted and unique, from ints and/or depth fractions; None means every layer."""
+    return sorted(set(_resolve_all(model_or_n_layers, layers, name)))
 
 
 def layer_list(model_or_n_layers: Any, layers: Any, name: str = "layers") -> list[int]:
     """Like ``resolve_layers`` but in the given order; a layer named twice is an error."""
-    n = _n(model_or_n_layers)
-    if layers is None:
-        return list(range(n))
-    items = list(layers) if isinstance(layers, Iterable) and not isinstance(layers, str) else [layers]
-    if not items:
-        raise ValueError(f"{name} must not be empty")
-    out = [resolve_layer(n, item, name) for item in items]
+    out = _resolve_all(model_or_n_layers, layers, name)
     repeated = sorted({x for x in out if out.count(x) > 1})
     if repeated:
-        raise ValueError(f"{name}: layer(s) {repeated} given more than once (as given: {items})")
+        raise ValueError(f"{name}: layer(s) {repeated} given more than once (as given: {layers})")
     return out
 
 

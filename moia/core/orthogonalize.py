@@ -60,7 +60,7 @@ def orthogonalize_weights(
     return model
 
 
-def _orthogonalize_hooked(model: Any, r: Tensor) -> None:
+def _orthogonalize_hooked(model: Any, r: Tensor) -> None:  # a HookedTransformer: embed, blocks
     # HookedTransformer keeps W_U separate from W_E, so nothing is tied here.
     _project_rows(model.embed.W_E.data, r)
     if hasattr(model, "pos_embed") and hasattr(model.pos_embed, "W_pos"):

@@ -95,7 +95,7 @@ class BiasVector:
         save_tensors(path, KIND, {"bias": self.vector.detach().float()}, meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: Any = None) -> "BiasVector":
+    def load(cls, path: str | os.PathLike, model: LanguageModel | None = None) -> "BiasVector":
         """Read a bias file; given a model, check that it fits (d_model, layer count)."""
         tensors, meta = load_tensors(path, KIND, model)
         if "bias" not in tensors:
@@ -120,6 +120,8 @@ class BiasVector:
             raise ValueError(f"{path}: inconsistent bias-vector file ({e})") from e
 
 
-def load_bias(path: str | os.PathLike, model: Any = None, scale: float = 1.0) -> AdditiveVector:
+def load_bias(
+    path: str | os.PathLike, model: LanguageModel | None = None, scale: float = 1.0
+) -> AdditiveVector:
     """The intervention stored in a bias file; checks it fits ``model`` (as ``AdditiveVector.load``)."""
     return BiasVector.load(path, model).intervention(scale)

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ..core.interventions import DirectionAblation
 from ..core.layers import depth_fractions, resolve_layers
+from ..core.model import LanguageModel
 from ..core.sites import ABLATION_SITES
 from ..io import json_meta, load_tensors, model_metadata, save_tensors
 from ..lm.chat import format_chat
@@ -49,7 +50,7 @@ KIND = "refusal_directions"
 SENTINEL = "MOIA-USER-CONTENT"
 
 
-def post_instruction_tokens(model: Any, system: str | None = "") -> list[str]:
+def post_instruction_tokens(model: LanguageModel, system: str | None = "") -> list[str]:
     """The chat template's tokens after the user message, up to the end of the generation prompt."""
     text = format_chat(model, SENTINEL, system=system)
     suffix = text.split(SENTINEL)[-1]
@@ -152,7 +153,7 @@ class RefusalDirections:
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: Any = None) -> "RefusalDirections":
+    def load(cls, path: str | os.PathLike, model: LanguageModel | None = None) -> "RefusalDirections":
         """Read a file written by ``save``; given a model, check that d_model and layers fit it."""
         tensors, meta = load_tensors(path, KIND, model)
         cands = tensors.get("candidates")
@@ -196,7 +197,7 @@ def _prompt_list(prompts: Any, name: str) -> list[str]:
 
 @torch.no_grad()
 def mean_difference(
-    model: Any,
+    model: LanguageModel,
     harmful: Sequence[str],
     harmless: Sequence[str],
     positions: Sequence[int],
@@ -231,7 +232,7 @@ def default_eval_layers(n_layers: int, max_depth: float = 0.8) -> list[int]:
 
 
 def refusal_directions(
-    model: Any,
+    model: LanguageModel,
     harmful: Sequence[str],
     harmless: Sequence[str],
     layers: Any = None,

@@ -145,7 +145,7 @@ class CandidateScorer:
 
     def __init__(
         self,
-        model: Any,
+        model: LanguageModel,
         harmful_val: Sequence[str],
         harmless_val: Sequence[str],
         refusal_tokens: Sequence[int],

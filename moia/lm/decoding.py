@@ -151,6 +151,10 @@ class Stepper:
             logits = unembed(self.model, resid[:, -k:])
         return logits[:, -1].float() if keep is None else logits
 
+    def step(self, tokens: Int[Tensor, "batch 1"]) -> Tensor:
+        """One decode step: feed one new token per row, return the next last-position logits."""
+        return self.forward(tokens, torch.ones_like(tokens))
+
     def repeat(self, batch: int) -> None:
         """Repeat the batch-1 cache ``batch`` times."""
         assert self.mask is not None and self.mask.shape[0] == 1, "repeat a batch-1 cache after a forward"
@@ -319,14 +323,7 @@ def generate_tokens(
     with intervene(model, *interventions, attention_mask=attention_mask) as state:
         state.manual = True  # prefill, then one-token steps: offsets follow the tokens fed
         logits = stepper.forward(tokens, attention_mask)
-        return decode(
-            model,
-            logits,
-            lambda nxt: stepper.forward(nxt, torch.ones_like(nxt)),
-            max_new_tokens,
-            sampling,
-            seeds,
-        )
+        return decode(model, logits, stepper.step, max_new_tokens, sampling, seeds)
 
 
 @torch.no_grad()
@@ -372,14 +369,7 @@ def generate_shared_prefix(
     with intervene(model, *shared, *per_row, attention_mask=full_mask) as state:
         state.manual, state.seen = True, len(prefix)  # the prefix is already in the cache
         logits = stepper.forward(tokens, mask)
-        return decode(
-            model,
-            logits,
-            lambda nxt: stepper.forward(nxt, torch.ones_like(nxt)),
-            max_new_tokens,
-            sampling,
-            seeds,
-        )
+        return decode(model, logits, stepper.step, max_new_tokens, sampling, seeds)
 
 
 def generate(

@@ -126,11 +126,30 @@ def _official_names() -> list[str]:
     return list(OFFICIAL_MODEL_NAMES)
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device that this torch can use (None: cuda if available, else cpu)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a torch device ({e})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch ({torch.__version__}) sees no CUDA device")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available here")
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: moia runs on cpu, cuda or mps")
+    return resolved
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     backend: str = "hooked",
     dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = "cpu",
 ) -> Any:
     """Load ``name`` as a TransformerLens model with HF numerics (no folding or centering).
 
@@ -139,10 +158,12 @@ def load_model(
             TransformerLens official model name.
         backend: ``"hooked"`` for ``HookedTransformer`` (transformer-lens < 4) or ``"bridge"`` for
             ``TransformerBridge``.
-        dtype, device: where and in which precision the returned model lives.
+        dtype, device: where and in which precision the returned model lives (device None: cuda
+            if available, else cpu; a device this torch cannot use is an error).
     """
     if backend not in ("hooked", "bridge"):
         raise ValueError(f"backend must be 'hooked' or 'bridge', got {backend!r}")
+    device = resolve_device(device)
     if name in EMBEDDED_MODELS or pathlib.Path(name).is_dir():
         hf, tok = load_hf(name)
         official = EMBEDDED_MODELS[name].official_name if name in EMBEDDED_MODELS else None

@@ -74,7 +74,9 @@ def save_checkpoint(path: str | os.PathLike, state: TrainState, model: LanguageM
     save_tensors(path, KIND, tensors, meta)
 
 
-def load_checkpoint(path: str | os.PathLike, model: Any = None, restore_rng: bool = True) -> TrainState:
+def load_checkpoint(
+    path: str | os.PathLike, model: LanguageModel | None = None, restore_rng: bool = True
+) -> TrainState:
     """Read a checkpoint (checking it fits ``model``) and, by default, restore the RNG states.
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the path for a file

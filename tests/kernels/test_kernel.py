@@ -237,3 +237,22 @@ def test_import_without_triton() -> None:
     env = {**os.environ, "MOIA_FORCE_TRITON": "1"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
     assert isinstance(kernels._HAS_TRITON, bool)
+
+
+def test_a_broken_triton_says_so_once(monkeypatch):
+    """An installed triton that cannot be imported falls back to the twin with a warning."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def failing(name, *args, **kwargs):
+        if name.endswith("triton_intervention") or (args and args[2] and "triton_intervention" in args[2]):
+            raise ImportError("libcuda.so.1: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "_HAS_TRITON", True)
+    monkeypatch.setattr(kernels, "_triton_module", None)
+    monkeypatch.setattr(builtins, "__import__", failing)
+    with pytest.warns(RuntimeWarning, match="triton is installed but cannot be imported.*libcuda"):
+        assert kernels._kernel_module() is None
+    assert kernels._HAS_TRITON is False
