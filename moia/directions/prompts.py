@@ -9,11 +9,13 @@ one-line requests, no operational detail), and reads the same kind of list from:
 - JSON: a list of strings, a list of records, or ``{"instructions": [...]}``;
 - JSONL: one string or one record per line;
 - CSV: a header row, then one record per row;
-- a Hugging Face dataset, ``"hf:owner/name"`` (or a bare ``"owner/name"`` that is not a file),
-  when the ``datasets`` package is installed and the hub (or its local cache) is reachable.
+- a Hugging Face dataset, ``"hf:owner/name"`` (the prefix is required: a mistyped file name is
+  an error here, not a hub request), when the ``datasets`` package is installed and the hub (or
+  its local cache) is reachable.
 
-Records take their text from ``column`` if given, else the first of "instruction" and "prompt"
-they have, else their first field.
+Records take their text from ``column`` if given, else from the first known text field they have
+(``TEXT_COLUMNS``: instruction, prompt, goal — AdvBench's —, request, text, question); a record
+with none of them is an error listing its fields, never a silent pick of its first field.
 """
 
 import csv
@@ -24,7 +26,7 @@ from importlib import resources
 from typing import Any
 
 SHIPPED = ("harmful", "harmless")
-TEXT_COLUMNS = ("instruction", "prompt")
+TEXT_COLUMNS = ("instruction", "prompt", "goal", "request", "text", "question")
 SPLITS = ("train", "val")
 
 
@@ -95,9 +97,8 @@ def _read(source: str | pathlib.Path, column: str | None, hf_split: str) -> list
     path = pathlib.Path(source)
     suffix = path.suffix.lower()
     if not path.exists():
-        if suffix not in (".json", ".jsonl", ".csv") and name.count("/") == 1:
-            return _read_hf(name, column, hf_split)
-        raise FileNotFoundError(f"prompt file not found: {path}")
+        hint = f" (for a Hugging Face dataset write 'hf:{name}')" if name.count("/") == 1 else ""
+        raise FileNotFoundError(f"prompt file not found: {path}{hint}")
     if suffix == ".json":
         data = _parse(path, lambda text: json.loads(text))
         if isinstance(data, dict) and "instructions" in data:
@@ -130,9 +131,10 @@ def _pick_column(fields: list[str], column: str | None, where: Any) -> str:
     for name in TEXT_COLUMNS:
         if name in fields:
             return name
-    if not fields:
-        raise ValueError(f"{where}: records have no fields")
-    return fields[0]
+    raise ValueError(
+        f"{where}: no text field among {fields}; expected one of {list(TEXT_COLUMNS)}, or name it with "
+        "column=... (--column)"
+    )
 
 
 def _records(rows: list[Any], column: str | None, where: Any) -> list[Any]:

@@ -94,14 +94,19 @@ def check_run_settings(out_dir: str | os.PathLike, settings: dict[str, Any]) -> 
     ``settings["arms"]`` (optional) maps each arm to its own settings (ablation, bias file): an
     arm is checked only if the folder has settings for it, and new arms are added, so that a
     later run can add an arm to a folder. Raises ``ValueError`` listing the differences when the
-    folder already holds trials made with other settings; a folder without trials takes the new
-    settings.
+    folder already holds trials made with other settings, and when it holds trials but no
+    ``run.json`` (their settings are unknown); a folder without trials takes the new settings.
     """
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run_file = out / RUN
     current = json.loads(json.dumps(settings))  # normalise tuples etc. as JSON would
     has_trials = (out / TRIALS).exists() and (out / TRIALS).stat().st_size > 0
+    if has_trials and not run_file.exists():
+        raise ValueError(
+            f"{out} holds trials ({TRIALS}) but no {RUN}: the settings they were made with cannot be "
+            f"checked, so they cannot be resumed; restore {RUN}, or use another output folder"
+        )
     if run_file.exists() and has_trials:
         try:
             recorded = json.loads(run_file.read_text(encoding="utf-8"))

@@ -70,7 +70,7 @@ def write(tmp_path, name, text):
         [{"instruction": "Bake bread.", "category": "x"}, {"instruction": "Write a poem.", "category": "y"}],
         [{"prompt": "Bake bread."}, {"prompt": "Write a poem."}],
         {"instructions": ["Bake bread.", "Write a poem."]},
-        [{"text": "Bake bread."}, {"text": "Write a poem."}],  # first field
+        [{"id": "7", "text": "Bake bread."}, {"text": "Write a poem."}],  # a known text field
     ],
 )
 def test_json_forms(tmp_path, data):
@@ -100,6 +100,21 @@ def test_csv_columns(tmp_path, header, column):
     lines = [header] + [f'"{t}",{c}' if text_first else f'{c},"{t}"' for t, c in rows]
     path = write(tmp_path, "p.csv", "\n".join(lines) + "\n")
     assert load_prompts(path, column=column) == ["Bake bread.", "Write a poem, please."]
+
+
+@pytest.mark.parametrize("name", ["p.json", "p.jsonl", "p.csv"])
+def test_records_without_a_text_field_are_an_error(tmp_path, name):
+    """A record such as {"id": "7", "behavior": ...} must not turn its first field into a prompt."""
+    rows = [{"id": "7", "behavior": "Bake bread."}]
+    text = {
+        "p.json": json.dumps(rows),
+        "p.jsonl": json.dumps(rows[0]),
+        "p.csv": "id,behavior\n7,Bake bread.\n",
+    }
+    path = write(tmp_path, name, text[name])
+    with pytest.raises(ValueError, match=r"no text field among \['id', 'behavior'\]; expected one of"):
+        load_prompts(path)
+    assert load_prompts(path, column="behavior") == ["Bake bread."]
 
 
 def test_explicit_column_in_json_records(tmp_path):
@@ -165,8 +180,10 @@ def test_hf_without_datasets(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import fails
     with pytest.raises(ImportError, match="needs the `datasets` package"):
         load_prompts("hf:owner/advbench")
-    with pytest.raises(ImportError, match="needs the `datasets` package"):
-        load_prompts("owner/advbench")  # a bare owner/name that is not a file
+    with pytest.raises(
+        FileNotFoundError, match=r"prompt file not found: owner/advbench \(for a Hugging Face"
+    ):
+        load_prompts("owner/advbench")  # a mistyped path is not sent to the hub
 
 
 class FakeDataset:
@@ -188,6 +205,6 @@ def test_hf_with_fake_datasets(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     assert load_prompts("hf:owner/set", hf_split="test") == ["Bake bread.", "Write a poem."]
     assert calls == [("owner/set", "test")]
-    assert load_prompts("owner/set", column="target") == ["x", "y"]
+    assert load_prompts("hf:owner/set", column="target") == ["x", "y"]
     with pytest.raises(ValueError, match="could not load the Hugging Face dataset 'owner/missing'"):
         load_prompts("hf:owner/missing")

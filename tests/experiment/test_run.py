@@ -130,6 +130,15 @@ def test_run_settings_are_checked_on_resume(tmp_path):
         check_run_settings(tmp_path, {"model": "m", "max_new_tokens": 10, "arms": {"bias": {"sha256": "y"}}})
 
 
+def test_trials_without_run_json_are_not_resumed(tmp_path):
+    """Deleting run.json must not switch the settings check off (a run would mix settings)."""
+    check_run_settings(tmp_path, {"model": "m", "max_new_tokens": 4})
+    append_trials(tmp_path / "trials.jsonl", [{"id": "a"}])
+    (tmp_path / "run.json").unlink()
+    with pytest.raises(ValueError, match=r"holds trials \(trials.jsonl\) but no run.json"):
+        check_run_settings(tmp_path, {"model": "m", "max_new_tokens": 6})
+
+
 # ------------------------------------------------------------------------- batched injections
 @pytest.fixture(scope="module")
 def smollm2_tokenizer():
