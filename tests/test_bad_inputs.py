@@ -115,7 +115,7 @@ CASES = [
         "not an intervention",
         lambda t: moia.fwd_hooks(t, "ablate"),
         TypeError,
-        "not an intervention: 'ablate'",
+        r"not an intervention|Intervention",
     ),
     Case("temperature=nan", lambda t: Sampling(math.nan), ValueError, "temperature must be a finite"),
     Case("temperature=inf", lambda t: Sampling(math.inf), ValueError, "temperature must be a finite"),
