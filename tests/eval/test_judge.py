@@ -3,6 +3,7 @@ on 127.0.0.1 that records every request (PROTOCOL §3)."""
 
 import hashlib
 import json
+import pathlib
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -281,3 +282,11 @@ def test_make_judge(monkeypatch, server):
     assert isinstance(make_judge(server.url), HTTPJudge)
     with pytest.raises(ValueError, match="judge must be"):
         make_judge("claude")
+
+
+def test_the_protocol_quotes_the_criteria_verbatim():
+    protocol = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text(
+        encoding="utf-8"
+    )
+    for name in ("claims_detection", "identification"):
+        assert f"```text\n{criteria()[name]}\n```" in protocol, name
