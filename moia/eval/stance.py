@@ -138,7 +138,7 @@ _EXPLICIT_AFFIRMATIONS = (
         rf"must be)\s+(?:[\w']+\s+){{0,3}}?{_THOUGHT}\b"
     ),
     re.compile(
-        r"\b(?:the|this|that)\s+(?:[\w-]+\s+){0,2}?(?:thought|injection|concept|idea|image|word)\s+"
+        r"\b(?:the|this|that)\s+(?:(?:injected|intrusive|foreign|unusual|strange|new)\s+)?(?:thought|injection)\s+"
         r"(?:is|seems|appears|was|feels|might|may|could|relates|has|involves|concerns|centers|revolves)\b"
     ),
     re.compile(r"(?:\bis|\bbe|'s|\bwas)\s+(?:an?|the)\s+(?:injected|intrusive|foreign|unusual)\s+thought\b"),
