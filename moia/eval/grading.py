@@ -14,15 +14,17 @@ claims detection
        hedges, question echoes and answers to the set-up). No claim: ``refusal``, ``negation``,
        ``hedge``, ``object_not_thought`` (the concept only as what is perceived: "I detect dust") or
        ``no_affirmation``.
-    4. ``concept_before_affirmation``: the concept is named before the affirmation that decides
-       ("Hmm, lightning. I think that's an injected thought, yes.").
+    4. ``concept_before_affirmation``: the concept is named in a sentence before the one holding
+       the affirmation that decides ("Hmm, lightning. I think that's an injected thought, yes.");
+       named in the same sentence it comes "along with" the claim ([MOIA]) and is allowed.
 
     Steps 1 and 3 never see the concept or the condition. Steps 2 and 4 need the word, so on a
     control trial (``concept=None``) they cannot fire; on the papers' concepts they are rare, and
     they can only lower a rate, never raise one.
 
 identifies
-    Detection is claimed AND, after the deciding affirmation, the reply names the concept: the word,
+    Detection is claimed AND, from the sentence of the deciding affirmation on, the reply names the
+    concept: the word,
     an inflection or a term of the related-terms table (``terms.concept_forms``), not in an idiom
     ("I'm happy to help" does not name Happiness) and not negated ("it's not about oceans", "rather
     than dust"). When the only affirmation is a bare "yes", a mention that is the direct object of
@@ -37,7 +39,8 @@ criterion: repetitive or "brain damaged" answers are NO).
 import re
 from dataclasses import dataclass
 
-from .stance import claim, explicit_in, is_incoherent, no_claim_rule, normalise
+from .reply import is_incoherent, normalise
+from .stance import claim, explicit_in, no_claim_rule, sentence_start
 from .terms import concept_forms, concept_pattern, mask_idioms
 
 __all__ = [
@@ -137,10 +140,11 @@ def grade(response: str, concept: str | None) -> Grade:
         return Grade(False, False, rule)
     if pattern is None:
         return Grade(True, False, "claimed")
+    claim_sentence = sentence_start(text, decider.start)
     first = pattern.search(masked)
-    if first is not None and first.start() < decider.start:
+    if first is not None and first.start() < claim_sentence:
         return Grade(False, False, "concept_before_affirmation")
-    kinds = _mention_kinds(masked, pattern, decider.start, explicit_in(found, decider.start))
+    kinds = _mention_kinds(masked, pattern, claim_sentence, explicit_in(found, decider.start))
     if "content" in kinds:
         return Grade(True, True, "identified")
     if "object" in kinds:

@@ -1,17 +1,18 @@
-"""Does a reply claim to notice an injected thought? Normalisation, coherence, stances (PROTOCOL §3).
+"""Does a reply claim to notice an injected thought? Its stances, in order (PROTOCOL §3).
 
-``claim(text)`` reads the stances of an already ``normalise``-d reply in order and returns the one
-that stands at the end, or None when the reply never affirms. It is blind: it never sees the
+``claim(text)`` reads the stances of a reply (normalised by ``reply.normalise``) in order and returns
+the one that stands at the end, or None when the reply never affirms. It is blind: it never sees the
 concept or whether the trial was a control. The rules, and the class of error each one prevents:
 
 - **What is an affirmation.** Explicit: a perception verb (detect, notice, sense, feel, pick up,
   ...) with a thought noun later in the same sentence (thought, something, unusual, a sense, an
-  image, ...; an ellipsis does not end the sentence: "I'm detecting... a sense of sadness");
-  "there is/might be" + thought noun; "the (injected) thought is ..."; "here is the injected
+  image, ...; an ellipsis does not end the sentence: "I'm detecting... a sense of sadness"), the
+  model its subject and the verb finite ("you can detect ...", "designed to detect ..." report
+  nothing); "there is/might be" + thought noun; "the injected thought is ..."; "here is the injected
   thought"; "something feels/seems different|off|unusual"; "I'm getting/have a (faint) sense/
   feeling/impression of ..."; "I find myself drawn to". Bare: an answer word (yes, affirmative,
   "I think so", "I do") that stands at the start of its clause, so "it's hard to say yes or no"
-  affirms nothing. Weak: "X comes to mind", "a thought about X" on its own.
+  affirms nothing. Weak: "X comes to mind", "I keep thinking".
 - **What is a denial.** Explicit: a negated perception verb ("I don't think I detect anything"),
   "no"/"not any" + thought noun, "nothing" (not "nothing else"), "there isn't", "everything seems
   normal", "I don't think so", "not really". Bare: no/nope at the start of a clause. Refusal: "as an
@@ -32,84 +33,6 @@ affirmative run, else its first weak one: what the concept must not precede.
 
 import re
 from dataclasses import dataclass
-
-# --- the first answer, normalised ----------------------------------------------------------------
-# [MOIA]'s extract_first_response: a generation that runs on into a new turn is cut there.
-_TURN = re.compile(
-    r"<end_of_turn>|<start_of_turn>|<\|im_end\|>|<\|im_start\|>|\n\s*(?:[*-]\s*)?"
-    r"(?:user|assistant|system|human|model|alice|bob)\s*:|\ntrial \d",
-    re.IGNORECASE,
-)
-_SPECIAL_TOKEN = re.compile(r"<[^<>\s]{1,40}>")
-_MARKDOWN = re.compile(r"[*_`#>~]+|[\"“”«»]")
-_CURLY_APOSTROPHE = re.compile(r"[‘’´]")
-_SPACES = re.compile(r"[ \t]+")
-
-
-def first_turn(response: str) -> str:
-    """The reply up to the first marker of a new turn ("\\nUser:", "<end_of_turn>", "\\nTrial 2")."""
-    text = response.strip()
-    cut = _TURN.search(text, 1)
-    return text[: cut.start()].rstrip() if cut else text
-
-
-def normalise(response: str) -> str:
-    """The first turn, lowercase, without markdown, quote marks or special tokens; ' for ’; ... for …."""
-    text = _SPECIAL_TOKEN.sub(" ", first_turn(response))
-    text = _CURLY_APOSTROPHE.sub("'", text)
-    text = _MARKDOWN.sub("", text).replace("…", "...").lower()
-    text = _SPACES.sub(" ", text)
-    return "\n".join(line.strip() for line in text.splitlines() if line.strip())
-
-
-# --- coherence -------------------------------------------------------------------------------------
-_TOKEN = re.compile(r"\S+")
-_WORD = re.compile(r"[a-z]+(?:['-][a-z]+)*")
-_VOWEL = re.compile(r"[aeiouy]")
-_SENTENCE = re.compile(r"[^.!?\n]+")
-_MAY_REPEAT = frozenset({"yes", "no", "ha", "la", "very", "so", "oh", "really", "much", "far", "more"})
-
-
-def _longest_run(words: list[str], size: int) -> int:
-    """Most back-to-back copies of any phrase of `size` words."""
-    best = 1
-    for offset in range(size):
-        run = 1
-        for start in range(offset + size, len(words) - size + 1, size):
-            run = run + 1 if words[start : start + size] == words[start - size : start] else 1
-            best = max(best, run)
-    return best
-
-
-def is_incoherent(text: str) -> bool:
-    """Empty, mostly non-words, looping or dominated by one word ("dust dust dust dust").
-
-    Looping: one word 3+ times back to back (not "no, no, no"), a 2-12 word phrase 3+ times back to
-    back, or one sentence of 3+ words 3+ times. Dominated: 4+ words of which one word of 3+ letters
-    makes half. Long (20+ words) texts with under 30% distinct words are looping too.
-    """
-    tokens = [token.strip(".,;:!?()[]{}-—–'\"") for token in _TOKEN.findall(text)]
-    tokens = [token for token in tokens if token]
-    if not tokens:
-        return True
-    wordlike = [t for t in tokens if _WORD.fullmatch(t) and _VOWEL.search(t) and len(t) <= 25]
-    if len(wordlike) < 0.6 * len(tokens):
-        return True
-    words = _WORD.findall(text)
-    for i in range(len(words) - 2):
-        if words[i] == words[i + 1] == words[i + 2] and words[i] not in _MAY_REPEAT:
-            return True
-    if any(_longest_run(words, size) >= 3 for size in range(2, 13)):
-        return True
-    sentences = [" ".join(_WORD.findall(s)) for s in _SENTENCE.findall(text)]
-    if any(len(s.split()) >= 3 and sentences.count(s) >= 3 for s in sentences):
-        return True
-    if len(words) >= 4:
-        top = max(set(words), key=words.count)
-        if len(top) >= 3 and words.count(top) >= 0.5 * len(words):
-            return True
-    return len(words) >= 20 and len(set(words)) < 0.3 * len(words)
-
 
 # --- stances ---------------------------------------------------------------------------------------
 _THOUGHT = (
@@ -138,7 +61,7 @@ _EXPLICIT_AFFIRMATIONS = (
         rf"must be)\s+(?:[\w']+\s+){{0,3}}?{_THOUGHT}\b"
     ),
     re.compile(
-        r"\b(?:the|this|that)\s+(?:(?:injected|intrusive|foreign|unusual|strange|new)\s+)?(?:thought|injection)\s+"
+        r"\b(?:the|this|that)\s+(?:injected|intrusive|foreign|unusual|strange)\s+(?:thought|injection)\s+"
         r"(?:is|seems|appears|was|feels|might|may|could|relates|has|involves|concerns|centers|revolves)\b"
     ),
     re.compile(r"(?:\bis|\bbe|'s|\bwas)\s+(?:an?|the)\s+(?:injected|intrusive|foreign|unusual)\s+thought\b"),
@@ -174,9 +97,6 @@ _WEAK_AFFIRMATIONS = (
         r"(?:my )?(?:mind|head)\b"
     ),
     re.compile(r"\bi keep (?:thinking|coming back|returning)\b"),
-    re.compile(
-        rf"\b(?:a|an|some)\s+(?:[\w-]+\s+){{0,2}}?{_SENSE_NOUN}\s+(?:of|about|related to|involving|like)\b"
-    ),
 )
 _EXPLICIT_DENIALS = (
     re.compile(
@@ -248,6 +168,12 @@ _NEGATOR_BEFORE = re.compile(
     r"(?:\bnot|n't|\bnever|\bcannot|\bunable to|\bno|\bwithout|\bfail(?:ed)? to|\bhardly|\bbarely)"
     r"(?:\s+[\w']+){0,3}\s*$"
 )
+# A perception verb reports this trial only with the model as its subject and in a finite form:
+# "you can detect", "they notice", "designed to detect", "I'll try to notice" report nothing.
+_NOT_A_REPORT = re.compile(
+    r"(?:\b(?:you|they|he|she|we|researchers?|users?|experimenters?|humans?|people|models?)\b(?:\s+[\w']+){0,2}|"
+    r"(?<!seem )(?<!seems )(?<!appear )(?<!appears )(?<!happen )(?<!happens )\bto)\s*$"
+)
 _NEGATOR_INSIDE = re.compile(r"\b(?:no|not|nothing|any|anything)\b|n't\b")
 # "I'm having my usual thoughts": the ordinary run of thought is not a claim of an unusual one.
 _ORDINARY = re.compile(r"\b(?:usual|normal|ordinary|regular|typical|own)\b")
@@ -279,6 +205,11 @@ class Stance:
     start: int
     affirmative: bool
     strength: str  # "explicit", "bare", "weak" or "refusal"
+
+
+def sentence_start(text: str, position: int) -> int:
+    """Where the sentence holding position starts (an ellipsis does not end a sentence)."""
+    return _sentence(text, position)[0]
 
 
 def _sentence(text: str, position: int) -> tuple[int, int]:
@@ -331,6 +262,8 @@ def stances(text: str) -> list[Stance]:
             if _is_neutral(text, match.start()) or _ORDINARY.search(match.group()):
                 continue
             before = _clause_before(text, match.start(), re.compile(r"[.!?\n;:,(—–]|\.\.\."))
+            if pattern is _EXPLICIT_AFFIRMATIONS[0] and _NOT_A_REPORT.search(before):
+                continue
             negated = _NEGATOR_BEFORE.search(before) or _NEGATOR_INSIDE.search(match.group())
             found.append(Stance(match.start(), not negated, "explicit"))
     for match in _BARE_AFFIRMATION.finditer(text):

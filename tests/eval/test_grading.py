@@ -15,7 +15,7 @@ from moia.eval.grading import (
     names_concept,
     normalise,
 )
-from moia.eval.stance import first_turn
+from moia.eval.reply import first_turn
 
 
 def load_labelled() -> list[dict]:
