@@ -5,6 +5,7 @@ damage'" ("violent crash violent violent violent", "word word word word"), and i
 ``extract_first_response`` grades a generation that runs on into a new turn only up to that turn.
 """
 
+import difflib
 import re
 
 # --- the first answer, normalised ----------------------------------------------------------------
@@ -55,11 +56,25 @@ def _longest_run(words: list[str], size: int) -> int:
     return best
 
 
+def _near_duplicates(sentences: list[list[str]]) -> bool:
+    """Two sentences of 8+ words, the shorter one 80% inside the longer one: a loop with variations
+    ("The injected thought is indeed about X ... The injected thought is actually about X ...")."""
+    long_ones = [s for s in sentences if len(s) >= 8]
+    for i, first in enumerate(long_ones):
+        for second in long_ones[i + 1 :]:
+            matcher = difflib.SequenceMatcher(None, first, second, autojunk=False)
+            shared = sum(block.size for block in matcher.get_matching_blocks())
+            if shared >= 0.8 * min(len(first), len(second)):
+                return True
+    return False
+
+
 def is_incoherent(text: str) -> bool:
     """Empty, mostly non-words, looping or dominated by one word ("dust dust dust dust").
 
     Looping: one word 3+ times back to back (not "no, no, no"), a 2-12 word phrase 3+ times back to
-    back, a 4-word phrase 3+ times anywhere, or one sentence of 3+ words 3+ times. Dominated: 4+
+    back, a 4-word phrase 3+ times anywhere, one sentence of 3+ words 3+ times, or two sentences of 8+
+    words nearly the same (80% of the shorter inside the longer). Dominated: 4+
     words of which one word of 3+ letters makes half. Long (20+ words) texts with under 30% distinct
     words are looping too.
     """
@@ -81,6 +96,8 @@ def is_incoherent(text: str) -> bool:
         return True
     sentences = [" ".join(_WORD.findall(s)) for s in _SENTENCE.findall(text)]
     if any(len(s.split()) >= 3 and sentences.count(s) >= 3 for s in sentences):
+        return True
+    if _near_duplicates([s.split() for s in sentences]):
         return True
     if len(words) >= 4:
         top = max(set(words), key=words.count)

@@ -237,6 +237,22 @@ def test_each_rule(response, concept, expected):
 
 
 @pytest.mark.parametrize(
+    "response, claims",
+    [
+        ("The injected thought is about the word dust.", True),
+        ("The injected thought is a thought that comes from outside the mind.", False),
+        ("The injected thought is actually a result of the brain's ability to perceive.", False),
+        ("Your example mentions thoughts. Yes, you're referring to the experiment.", False),
+        ("Normal distribution? Yes, it has two tails.", False),
+        ("Do I detect an injected thought? Yes, I do.", True),
+        ("Hmm, let me think about this carefully. Yes, I do.", True),
+    ],
+)
+def test_what_a_statement_or_an_answer_word_reports(response, claims):
+    assert grade(response, None).claims_detection is claims
+
+
+@pytest.mark.parametrize(
     "response",
     [
         "Do I detect an injected thought? Hmm.",
@@ -308,6 +324,12 @@ def test_concept_forms_include_the_word_itself_lowercase():
         ("asdf jkl qwerty zxcv", True),
         ("!!! ??? ...", True),
         ("Yes, I detect a thought. The sea is calm. The sea is calm. The sea is calm.", True),
+        (
+            "The thought is indeed about the word red and the rest of the total. "
+            "The thought is actually about the word red and the rest of the total.",
+            True,
+        ),
+        ("Yes, I detect an injected thought. I detect an injected thought about dust.", False),
         ("Yes, I detect an injected thought about the ocean.", False),
         ("No, no, no. I don't detect anything.", False),
         ("Yes yes yes! A thought about snow.", False),
