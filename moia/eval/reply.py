@@ -57,11 +57,14 @@ def _longest_run(words: list[str], size: int) -> int:
 
 
 def _near_duplicates(sentences: list[list[str]]) -> bool:
-    """Two sentences of 8+ words, the shorter one 80% inside the longer one: a loop with variations
+    """Two sentences of 8+ words and similar length (the shorter at least 60% of the longer), the
+    shorter one 80% inside the longer one: a loop with variations
     ("The injected thought is indeed about X ... The injected thought is actually about X ...")."""
     long_ones = [s for s in sentences if len(s) >= 8]
     for i, first in enumerate(long_ones):
         for second in long_ones[i + 1 :]:
+            if min(len(first), len(second)) < 0.6 * max(len(first), len(second)):
+                continue
             matcher = difflib.SequenceMatcher(None, first, second, autojunk=False)
             shared = sum(block.size for block in matcher.get_matching_blocks())
             if shared >= 0.8 * min(len(first), len(second)):
@@ -74,7 +77,7 @@ def is_incoherent(text: str) -> bool:
 
     Looping: one word 3+ times back to back (not "no, no, no"), a 2-12 word phrase 3+ times back to
     back, a 4-word phrase 3+ times anywhere, one sentence of 3+ words 3+ times, or two sentences of 8+
-    words nearly the same (80% of the shorter inside the longer). Dominated: 4+
+    words nearly the same (80% of the shorter inside the longer, of similar length). Dominated: 4+
     words of which one word of 3+ letters makes half. Long (20+ words) texts with under 30% distinct
     words are looping too.
     """
