@@ -157,8 +157,11 @@ _HEDGE = re.compile(
     r"\b(?:don't|do not) know\b|\bunclear\b"
 )
 
-# Clause boundaries for "does this word answer the question": sentence ends, colons, dashes, ellipses.
+# Clause boundaries: for answer words (sentence ends, colons, dashes, ellipses), for questions, and
+# for negators and conditionals (commas too).
 _CLAUSE_BREAK = re.compile(r"[.!?\n;:(—–]|\.\.\.| - | -- ")
+_QUESTION_BREAK = re.compile(r"[.!?\n;:(—–]|\.\.\.")
+_COMMA_BREAK = re.compile(r"[.!?\n;:,(—–]|\.\.\.")
 _DISCOURSE = re.compile(
     r"^(?:(?:h+m+|m+|u+m+|u+h+|well|so|okay|ok|oh|ah|actually|wait|honestly|then|and|but|sure|alright|right|"
     r"yes|yeah|no|answer|my answer is|the answer is|i think|i believe|i guess|i'd say|i would say|"
@@ -267,10 +270,10 @@ def _is_neutral(text: str, position: int, answer_end: int | None = None) -> bool
     or intent. For a bare answer word (ending at `answer_end`) alone in its clause, the next clause
     counts too: "Yes, I'm ready"."""
     start, end = _sentence(text, position)
-    clause = _clause_before(text, position, re.compile(r"[.!?\n;:(—–]|\.\.\."))
+    clause = _clause_before(text, position, _QUESTION_BREAK)
     if text[start:end].rstrip().endswith("?") and _INTERROGATIVE.match(clause.strip()):
         return True
-    if _CONDITIONAL.search(_clause_before(text, position, re.compile(r"[.!?\n;:,(—–]|\.\.\."))):
+    if _CONDITIONAL.search(_clause_before(text, position, _COMMA_BREAK)):
         return True
     start, end = _clause(text, position)
     if answer_end is not None and not _WORD_CHARS.search(text[answer_end:end]) and end < len(text):
@@ -285,7 +288,7 @@ def stances(text: str) -> list[Stance]:
         for match in pattern.finditer(text):
             if _is_neutral(text, match.start()) or _ORDINARY.search(match.group()):
                 continue
-            before = _clause_before(text, match.start(), re.compile(r"[.!?\n;:,(—–]|\.\.\."))
+            before = _clause_before(text, match.start(), _COMMA_BREAK)
             if pattern is _EXPLICIT_AFFIRMATIONS[0] and _NOT_A_REPORT.search(before):
                 continue
             negated = _NEGATOR_BEFORE.search(before) or _NEGATOR_INSIDE.search(match.group())
@@ -302,7 +305,7 @@ def stances(text: str) -> list[Stance]:
             previous = match.end()
     for pattern in _WEAK_AFFIRMATIONS:
         for match in pattern.finditer(text):
-            before = _clause_before(text, match.start(), re.compile(r"[.!?\n;:,(—–]|\.\.\."))
+            before = _clause_before(text, match.start(), _COMMA_BREAK)
             if not _is_neutral(text, match.start()) and not _NEGATOR_BEFORE.search(before):
                 found.append(Stance(match.start(), True, "weak"))
     for pattern in _EXPLICIT_DENIALS:
