@@ -88,7 +88,7 @@ def trial_record(
         record["prefill"] = FORCED_PREFILL
         record["names_concept"] = names_concept(response, spec.concept)
     else:
-        grade = judge.grade(response, spec.concept if spec.injected and spec.concept else CONTROL_CONCEPT)
+        grade = judge.grade(response, spec.concept if spec.injected else CONTROL_CONCEPT, trial=spec.trial)
         record.update(claims_detection=grade.claims_detection, identifies=grade.identifies, rule=grade.rule)
     return record
 
