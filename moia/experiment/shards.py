@@ -206,11 +206,9 @@ def drive(
     from .sweep import sweep_trials
 
     t0 = time.perf_counter()
-    handles = {k: pool.start(k) for k in range(workers)}
+    handles = {k: pool.start(k) for k in range(workers)}  # each loads its model meanwhile
     info = pool.result(pool.call(handles[0], "prepare"))  # extracts and caches vectors, directions
     layers, batch = info["layers"], int(info["batch_size"])
-    for future in [pool.call(handles[k], "prepare") for k in range(1, workers)]:
-        pool.result(future)  # the others read worker 0's cache
     shared = ("variant", "system", "max_new_tokens", "temperature", "seed")
     settings = {  # what run_sweep records for a single process
         "model": info["model"],
@@ -223,34 +221,38 @@ def drive(
     done = {r["id"] for r in read_trials(pathlib.Path(job.out) / TRIALS)}
     queue = deque([s.id for s in b] for b in sweep_batches(job.sweep, layers, done, batch))
     already, ran, replaced = len(done & set(order)), 0, 0
-    idle, busy = deque(handles), {}  # busy: future -> (worker index, ids)
-    while queue or busy:
+    # busy: future -> (worker, ids of its batch; None while it prepares: reads worker 0's cache)
+    idle: deque[int] = deque([0])
+    busy: dict[Any, tuple[int, list[str] | None]] = {}
+    for k in list(handles)[1:]:
+        busy[pool.call(handles[k], "prepare")] = (k, None)
+    while queue or any(ids is not None for _, ids in busy.values()):
         while queue and idle:
             k = idle.popleft()
             ids = queue.popleft()
             busy[pool.call(handles[k], "run", ids, batch)] = (k, ids)
         future = pool.wait(list(busy))
-        k, ids = busy.pop(future)
+        k, batch_ids = busy.pop(future)
         try:
-            count = pool.result(future)
+            result = pool.result(future)
         except WorkerDied:
+            pool.stop(handles.pop(k))
             finished = {r["id"] for r in read_trials(shard_dir(job.out, k) / TRIALS)}
-            rest = [i for i in ids if i not in finished]
-            count = len(ids) - len(rest)
+            rest = [i for i in batch_ids or [] if i not in finished]
+            count = len(batch_ids or []) - len(rest)
             if rest:
                 queue.appendleft(rest)
-            pool.stop(handles.pop(k))
             if replaced < workers:
                 replaced += 1
-                handles[k] = pool.start(k)
-                pool.result(pool.call(handles[k], "prepare"))
-                idle.append(k)
+                handles[k] = pool.start(k)  # the same shard folder
+                busy[pool.call(handles[k], "prepare")] = (k, None)
             elif not handles:
                 raise RuntimeError("every worker died; run the same command again to resume") from None
         else:
+            count = result if batch_ids is not None else 0
             idle.append(k)
         ran += count
-        if progress:
+        if progress and count:
             progress(count)
     for handle in handles.values():
         pool.stop(handle)
