@@ -61,7 +61,8 @@ def _kill_worker_mid_run(out: pathlib.Path, proc: subprocess.Popen, index: int =
             os.kill(pid, signal.SIGKILL)
             return pid
         time.sleep(0.05)
-    raise AssertionError(f"worker {index} never finished a batch before the run ended:\n{proc.communicate()[0]}")
+    output = proc.communicate()[0]
+    raise AssertionError(f"worker {index} never finished a batch before the run ended:\n{output}")
 
 
 @pytest.mark.parametrize("sampling", [[], ["--temperature", "1"]], ids=["greedy", "sampled"])

@@ -55,7 +55,7 @@ def test_every_site_resolves_and_fires(family):
                     continue
                 names.append(hook_name(model, site, layer))
         with torch.no_grad():
-            _, cache = model.run_with_cache(_ids(model), names_filter=lambda n, wanted=set(names): n in wanted)
+            _, cache = model.run_with_cache(_ids(model), names_filter=list(names))
         assert set(names) <= set(cache.keys()), f"{backend}: hooks that never fired"
         assert has_post_norms(model) == (name in POST_NORMS)
         if name in POST_NORMS and backend == "bridge":  # the bias site is before the post-MLP norm
