@@ -41,8 +41,10 @@ from .sweep import Sweep, TrialSpec, arm_trials
 SHARDS = "shards"
 RAY_HINT = 'needs Ray: pip install "moia[ray]" (or pip install ray)'
 # environment the workers need to load models offline, forwarded to every Ray worker
-FORWARDED_ENV = ("MOIA_CACHE_DIR", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MOIA_JUDGE_MODEL")
-FORWARDED_ENV += ("MOIA_JUDGE_API_KEY", "MOIA_JUDGE_CACHE", "MOIA_JUDGE_URL")
+FORWARDED_ENV = (
+    *("MOIA_CACHE_DIR", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"),
+    *("MOIA_JUDGE_MODEL", "MOIA_JUDGE_API_KEY", "MOIA_JUDGE_CACHE", "MOIA_JUDGE_URL"),
+)
 
 
 @dataclass(frozen=True)
@@ -277,7 +279,7 @@ def ray_pool(job: SweepJob, address: str | None = None) -> Pool:
         )
     gpus = ray.cluster_resources().get("GPU", 0) if (job.device or "cuda").startswith("cuda") else 0
     resources = {"num_gpus": 1} if gpus else {"num_cpus": job.threads or 1}
-    actor = ray.remote(**resources, max_restarts=0)(SweepWorker)
+    actor = ray.remote(SweepWorker).options(**resources, max_restarts=0)  # type: ignore[arg-type]
 
     def result(future: Any) -> Any:
         try:

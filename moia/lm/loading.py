@@ -106,6 +106,7 @@ def load_hf(
     """
     from transformers import AutoTokenizer
 
+    path: pathlib.Path | None
     if name in EMBEDDED_MODELS:
         target = cache_dir() / "models" / name
         if not (target / "config.json").exists():
