@@ -150,23 +150,26 @@ def sweep_batches(
     return batches
 
 
-def merge_shards(out: Any, order: Sequence[str] | None = None) -> int:
+def merge_shards(out: Any, order: Sequence[str] | None = None, remove: bool = True) -> int:
     """Append every shard's trials that ``trials.jsonl`` lacks (in ``order``, the sweep's), then
-    remove the shard folders. Returns how many trials were added."""
+    empty the shard files (``remove``: remove the shard folders). Returns how many were added."""
     out = pathlib.Path(out)
     main = out / TRIALS
     have = {r["id"] for r in read_trials(main)}
     new: dict[str, dict[str, Any]] = {}
-    folders = sorted((out / SHARDS).glob("worker-*")) if (out / SHARDS).is_dir() else []
-    for folder in folders:
-        for record in read_trials(folder / TRIALS):
+    files = sorted((out / SHARDS).glob(f"worker-*/{TRIALS}")) if (out / SHARDS).is_dir() else []
+    for path in files:
+        for record in read_trials(path):
             if record["id"] not in have:
                 new.setdefault(record["id"], record)
     rank = {trial_id: i for i, trial_id in enumerate(order or [])}
     records = sorted(new.values(), key=lambda r: rank.get(r["id"], len(rank)))
-    added = append_trials(main, records)
-    if folders:
-        shutil.rmtree(out / SHARDS)
+    added = append_trials(main, records)  # one write, fsynced, before any shard file goes
+    if remove:
+        shutil.rmtree(out / SHARDS, ignore_errors=True)
+    else:
+        for path in files:
+            path.unlink()
     return added
 
 
@@ -219,7 +222,7 @@ def drive(
     }
     check_run_settings(job.out, settings)
     order = [s.id for s in sweep_trials(job.sweep, layers)]
-    merge_shards(job.out, order)  # a resumed run: what the last run's workers finished
+    merge_shards(job.out, order, remove=False)  # a resumed run: what the last run's workers finished
     done = {r["id"] for r in read_trials(pathlib.Path(job.out) / TRIALS)}
     queue = deque([s.id for s in b] for b in sweep_batches(job.sweep, layers, done, batch))
     already, ran, replaced = len(done & set(order)), 0, 0

@@ -44,12 +44,14 @@ class FakeWorker:
     def __init__(self, job: SweepJob, index: int, die_after: int | None) -> None:
         self.job, self.index, self.die_after, self.ran = job, index, die_after, 0
         shard_dir(job.out, index).mkdir(parents=True, exist_ok=True)
+        (shard_dir(job.out, index) / "worker.json").write_text('{"pid": 1}')  # as SweepWorker does
 
     def prepare(self):
         return {"layers": LAYERS, "model": "fake", "run_settings": {"device": "cpu"}, "batch_size": 5}
 
     def run(self, ids, batch_size):
         path = shard_dir(self.job.out, self.index) / TRIALS
+        assert (path.parent / "worker.json").exists(), "the driver removed a live worker's folder"
         for trial_id in ids:
             if self.die_after is not None and self.ran >= self.die_after:
                 raise WorkerDied(f"worker {self.index} killed")
