@@ -65,7 +65,8 @@ def run_with_workers(args: argparse.Namespace, sweep: Any, skipped: dict[str, st
         "layer_indices": layers,
         **summary.info["run_settings"],
         "skipped_arms": skipped,
-        "timing_s": {"trials": round(summary.seconds, 1)},
+        # wall time of the workers' part (model loads, preparation, trials), and of the trials
+        "timing_s": {"workers": round(summary.seconds, 1), "trials": round(summary.trials_seconds, 1)},
         "trials_run": summary.ran,
         "trials_resumed": summary.already,
         "workers": {

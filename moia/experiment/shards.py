@@ -184,6 +184,7 @@ class ShardSummary:
     workers: int
     replaced: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    trials_seconds: float = 0.0  # from the first batch handed out to the last one finished
 
 
 class WorkerDied(Exception):
@@ -227,6 +228,7 @@ def drive(
     queue = deque([s.id for s in b] for b in sweep_batches(job.sweep, layers, done, batch))
     already, ran, replaced = len(done & set(order)), 0, 0
     # busy: future -> (worker, ids of its batch; None while it prepares: reads worker 0's cache)
+    t_trials = time.perf_counter()
     idle: deque[int] = deque([0])
     busy: dict[Any, tuple[int, list[str] | None]] = {}
     for k in list(handles)[1:]:
@@ -259,10 +261,12 @@ def drive(
         ran += count
         if progress and count:
             progress(count)
+    trials_seconds = time.perf_counter() - t_trials
     for handle in handles.values():
         pool.stop(handle)
     merge_shards(job.out, order)
-    return ShardSummary(len(order), already, ran, time.perf_counter() - t0, workers, replaced, info)
+    seconds = time.perf_counter() - t0
+    return ShardSummary(len(order), already, ran, seconds, workers, replaced, info, trials_seconds)
 
 
 def ray_pool(job: SweepJob, address: str | None = None) -> Pool:
