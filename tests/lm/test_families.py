@@ -119,3 +119,18 @@ def test_reproduce_runs_a_trial_on_shrunk_gemma3(tmp_path: pathlib.Path):
         "baseline/control/-/-/s0/t1/n0/free",
     ]
     assert json.loads((out / "report.json").read_text())["settings"]["model"] == "gemma3"
+
+
+def test_hub_names_load_from_the_local_cache_only(tmp_path, monkeypatch):
+    """A repo id resolves to its snapshot in the Hugging Face cache; an uncached one is an error."""
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen2.5-7B-Instruct" / "snapshots" / "0123abcd"
+    save_shrunk("qwen2", snapshot)
+    (tmp_path / "hub" / "models--Qwen--Qwen2.5-7B-Instruct" / "refs").mkdir()
+    (tmp_path / "hub" / "models--Qwen--Qwen2.5-7B-Instruct" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = moia.load_model("Qwen/Qwen2.5-7B-Instruct", backend="bridge")
+    assert model.moia_name == "Qwen/Qwen2.5-7B-Instruct" and model.cfg.n_layers == 3
+    with pytest.raises(ValueError, match="a hub name in the local Hugging Face cache"):
+        moia.load_model("Qwen/Qwen2.5-0.5B-Instruct-not-cached", backend="bridge")
