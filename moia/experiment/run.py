@@ -128,7 +128,6 @@ def run_sweep(
         run_settings: extra run-wide settings recorded in ``run.json`` and checked on resume
             (model, vectors, arms' configurations, judge). ``"arms"`` maps arm -> its settings;
             arms are checked only against arms that already have trials.
-
         only: run only these trial ids (a shard of the sweep, ``moia.experiment.shards``).
 
     Raises ``JudgeError`` when the judge fails; the trials finished before are kept.

@@ -181,3 +181,10 @@ def test_workers_must_be_positive(tmp_path, workers):
 
     with pytest.raises(ValueError, match=f"--workers must be an integer >= 1, got {workers}"):
         run_sharded(job_for(tmp_path), workers)
+
+
+def test_batch_size_zero_means_planned_and_negative_is_an_error():
+    assert Sweep(concepts=["Dust"], layers=[1], strengths=[4]).batch_size == 0  # the default: planned
+    small_sweep().validate(4)
+    with pytest.raises(ValueError, match=r"batch_size must be >= 0 \(0: planned from free memory\), got -1"):
+        Sweep(concepts=["Dust"], layers=[1], strengths=[4], batch_size=-1).validate(4)
