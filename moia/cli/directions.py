@@ -21,7 +21,11 @@ def add_parser(subparsers: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     add_model_options(common)
     common.add_argument("--out", required=True, help="the .safetensors file to write")
-    common.add_argument("--system", default="", help="the system turn ('' = an explicit empty one)")
+    common.add_argument(
+        "--system",
+        default=None,
+        help="the system turn (default: none, as [MOIA]'s code; '' = an explicit empty one)",
+    )
     common.add_argument("--batch-size", type=int, default=16)
 
     concepts = sub.add_parser("concepts", parents=[common], help="concept vectors (PROTOCOL §1)")

@@ -50,7 +50,7 @@ KIND = "refusal_directions"
 SENTINEL = "MOIA-USER-CONTENT"
 
 
-def post_instruction_tokens(model: LanguageModel, system: str | None = "") -> list[str]:
+def post_instruction_tokens(model: LanguageModel, system: str | None = None) -> list[str]:
     """The chat template's tokens after the user message, up to the end of the generation prompt."""
     text = format_chat(model, SENTINEL, system=system)
     suffix = text.split(SENTINEL)[-1]
@@ -201,7 +201,7 @@ def mean_difference(
     harmful: Sequence[str],
     harmless: Sequence[str],
     positions: Sequence[int],
-    system: str | None = "",
+    system: str | None = None,
     batch_size: int = 16,
     progress: bool = False,
 ) -> Float[Tensor, "pos layer d_model"]:
@@ -243,7 +243,7 @@ def refusal_directions(
     val_fraction: float = 0.25,
     max_val: int = 16,
     seed: int = 0,
-    system: str | None = "",
+    system: str | None = None,
     ablation_site: str = "writers",
     kl_max: float = 0.1,
     max_depth: float = 0.8,

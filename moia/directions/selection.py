@@ -149,7 +149,7 @@ class CandidateScorer:
         harmful_val: Sequence[str],
         harmless_val: Sequence[str],
         refusal_tokens: Sequence[int],
-        system: str | None = "",
+        system: str | None = None,
         ablation_site: str = "writers",
         max_rows: int = 64,
     ) -> None:

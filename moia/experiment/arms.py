@@ -59,8 +59,12 @@ def cached_concept_vectors(
     path = pathlib.Path(out_dir) / CONCEPT_FILE
     if path.exists():
         cached = ConceptVectors.load(path, model)
-        if cached.settings.get("capitalize") != capitalize:
-            raise ValueError(f"{path} was extracted with capitalize={cached.settings.get('capitalize')}")
+        for key, value in (("capitalize", capitalize), ("system", None)):
+            if cached.settings.get(key, "missing") != value:
+                raise ValueError(
+                    f"{path} was extracted with {key}={cached.settings.get(key, 'missing')!r}, not "
+                    f"{value!r} (PROTOCOL §1); use another output folder"
+                )
         if set(words) <= set(cached.words) and set(layers) <= set(cached.layers):
             return cached
         words = [*cached.words, *[w for w in words if w not in cached.words]]

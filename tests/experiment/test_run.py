@@ -33,7 +33,7 @@ def synthetic_vectors(words, layers, norm=20.0, d_model=576):
     g = torch.Generator().manual_seed(1)
     v = torch.randn(len(words), len(layers), d_model, generator=g)
     v = v / v.norm(dim=-1, keepdim=True) * norm
-    settings = {"capitalize": True}
+    settings = {"capitalize": True, "system": None}
     return ConceptVectors(list(words), list(layers), v, "smollm2-135m-instruct", N_LAYERS, settings)
 
 
