@@ -15,34 +15,22 @@ import pathlib
 import pytest
 
 from moia.lm.chat import format_chat, has_system_role
-from moia.lm.loading import cache_dir
 from moia.trials.prompt import ACKNOWLEDGEMENT, INTRO, QUESTION, build_trial
+from tests.conftest import cached_tokenizer
 
 FIXTURE = pathlib.Path(__file__).parents[1] / "fixtures" / "gemma3_it_chat_template.jinja"
 FIXTURE_SHA256 = "7de1c58e208eda46e9c7f86397df37ec49883aeece39fb961e0a6b24088dd3c4"
 
 
-def _tokenizer(name):
-    path = cache_dir() / "models" / name
-    if not (path / "tokenizer_config.json").exists():
-        pytest.skip(f"{name} is not in the model cache")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
 @pytest.fixture(scope="module")
-def gemma_it():
-    """The real Gemma 3 tokenizer with Gemma 3 IT's real chat template."""
+def gemma_it(gemma3_it_tokenizer):
     assert hashlib.sha256(FIXTURE.read_bytes()).hexdigest() == FIXTURE_SHA256
-    tok = _tokenizer("gemma-3-270m")
-    tok.chat_template = FIXTURE.read_text(encoding="utf-8")
-    return tok
+    return gemma3_it_tokenizer
 
 
 @pytest.fixture(scope="module")
 def smollm2_tok():
-    return _tokenizer("smollm2-135m-instruct")
+    return cached_tokenizer("smollm2-135m-instruct")
 
 
 def moia_messages(trial, system):
@@ -108,8 +96,10 @@ def test_gemma3_it_concept_prompts_match_moia(gemma_it, system):
     """Concept prompts ([MOIA] ``vector_utils.extract_concept_vectors_batch``: no system message)."""
     text = format_chat(gemma_it, "Tell me about Dust", system=system)
     expected, ids = moia_ids(gemma_it, [{"role": "user", "content": "Tell me about Dust"}])
-    assert text == expected == (
-        "<bos><start_of_turn>user\nTell me about Dust<end_of_turn>\n<start_of_turn>model\n"
+    assert (
+        text
+        == expected
+        == ("<bos><start_of_turn>user\nTell me about Dust<end_of_turn>\n<start_of_turn>model\n")
     )
     assert gemma_it(text, add_special_tokens=False).input_ids == ids
     assert ids[-3:] == [105, 4368, 107]  # <start_of_turn> model \n: position -2 is "model"
