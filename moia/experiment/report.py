@@ -187,7 +187,7 @@ def build_report(records: list[dict[str, Any]], settings: dict[str, Any]) -> dic
 def markdown_report(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = [
-        "# Injected-thought sweep",
+        f"# Injected-thought experiment: protocol `{s.get('protocol', 'sweep')}`",
         "",
         f"Model `{report['model']}`, moia {report['moia_version']}, {report['n_trials']} trials, "
         f"created {report['created']}.",
@@ -197,7 +197,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"{s.get('max_new_tokens')} new tokens, seed {s.get('seed')}, grader `{s.get('judge', 'rule')}`.",
         "",
         "Each rate: % (k/n), W = Wilson 95% interval, C = 95% interval resampling concepts (a "
-        "percentile bootstrap over concepts: trials of one concept are not independent), "
+        "percentile bootstrap over concepts: trials of one concept are not independent; it collapses "
+        "to a point where every concept has the same rate, e.g. 0), "
         "≤ = exact one-sided 95% upper bound (Clopper–Pearson). FPR: free control trials (no "
         "injection) of the arm; detection (random): random directions with the concept vector's "
         "norm. Detection is evidence of introspection where it exceeds both.",

@@ -82,12 +82,12 @@ class Sweep:
         default_factory=lambda: list(range(1, 11)), metadata={"help": "trial numbers of injected trials"}
     )
     control_trials: list[int] | None = field(
-        default=None, metadata={"help": "trial numbers of control trials (default: those of --trials)"}
+        default=None, metadata={"help": "trial numbers of control trials (none: those of --trials)"}
     )
     samples: int = field(default=1, metadata={"help": "samples per trial (with --temperature > 0)"})
     controls: int | None = field(
         default=None,
-        metadata={"help": "free control trials per arm (default: one per control trial number and sample)"},
+        metadata={"help": "free control trials per arm (none: one per control trial number and sample)"},
     )
     inject_from: str = field(
         default="trial",
@@ -110,7 +110,9 @@ class Sweep:
     variant: str = field(
         default="moia", metadata={"help": "trial prompt variant", "choices": ("moia", "lindsey")}
     )
-    system: str | None = field(default="", metadata={"help": "the system turn ('' an explicit empty one)"})
+    system: str | None = field(
+        default="", metadata={"help": "the system turn ('': an empty one; none: no system message)"}
+    )
     max_new_tokens: int = field(default=100, metadata={"help": "new tokens per reply"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
     top_k: int | None = field(

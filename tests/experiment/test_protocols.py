@@ -206,3 +206,17 @@ def test_sampled_runs_use_the_models_generation_config():
     assert sampling == Sampling(1.0, None, 0.9) and record["source"].startswith("top_k, top_p set by the run")
     sweep.temperature = 0.0
     assert sampling_settings(sweep, gemma_it)[0] is GREEDY
+
+
+def test_cached_concept_vectors_of_another_recipe_are_refused(tmp_path):
+    """Vectors cached under an explicit empty system turn (the recipe before PROTOCOL §1's) are not
+    silently reused by a run that extracts with no system message."""
+    from moia.experiment.arms import CONCEPT_FILE, cached_concept_vectors
+
+    fake = FakeModel(64, 30, "smollm2-like")
+    old = ConceptVectors(
+        ["Dust"], [17], torch.randn(1, 1, 64), "smollm2-like", 30, {"capitalize": True, "system": ""}
+    )
+    old.save(tmp_path / CONCEPT_FILE)
+    with pytest.raises(ValueError, match=r"was extracted with system='', not None \(PROTOCOL §1\)"):
+        cached_concept_vectors(fake, ["Dust"], [17], tmp_path)
