@@ -98,3 +98,28 @@ def relative_component(x: torch.Tensor, r: torch.Tensor) -> float:
     """max over positions of |x·r̂| / ‖x‖."""
     r = r / r.norm()
     return float(((x.double() @ r.double()).abs() / x.double().norm(dim=-1)).max())
+
+
+def cached_tokenizer(name: str):
+    """The tokenizer of an embedded model from the model cache (skips if it is not there)."""
+    from moia.lm.loading import cache_dir
+
+    path = cache_dir() / "models" / name
+    if not (path / "tokenizer_config.json").exists():
+        pytest.skip(f"{name} is not in the model cache")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+GEMMA3_IT_TEMPLATE = os.path.join(os.path.dirname(__file__), "fixtures", "gemma3_it_chat_template.jinja")
+
+
+@pytest.fixture(scope="session")
+def gemma3_it_tokenizer():
+    """The real Gemma 3 tokenizer (the embedded gemma-3-270m's: Gemma 3's vocabulary, no template)
+    with Gemma 3 IT's real chat template, ``tests/fixtures/gemma3_it_chat_template.jinja``."""
+    tok = cached_tokenizer("gemma-3-270m")
+    with open(GEMMA3_IT_TEMPLATE, encoding="utf-8") as f:
+        tok.chat_template = f.read()
+    return tok

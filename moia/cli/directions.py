@@ -21,7 +21,11 @@ def add_parser(subparsers: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     add_model_options(common)
     common.add_argument("--out", required=True, help="the .safetensors file to write")
-    common.add_argument("--system", default="", help="the system turn ('' = an explicit empty one)")
+    common.add_argument(
+        "--system",
+        default=None,
+        help="the system turn (default: none, as [MOIA]'s code; '' = an explicit empty one)",
+    )
     common.add_argument("--batch-size", type=int, default=16)
 
     concepts = sub.add_parser("concepts", parents=[common], help="concept vectors (PROTOCOL §1)")
@@ -41,7 +45,11 @@ def add_parser(subparsers: Any) -> None:
     refusal.add_argument("--positions", type=int, nargs="+", help="negative post-instruction positions")
     refusal.add_argument("--no-select", action="store_true", help="candidates only, no selection")
     refusal.add_argument("--ablation-site", choices=("writers", "resid_post", "resid_pre"), default="writers")
-    refusal.add_argument("--max-val", type=int, default=16, help="val prompts per set")
+    refusal.add_argument("--n-train", type=int, default=128, help="train prompts per set ([ARDITI]: 128)")
+    refusal.add_argument("--n-val", type=int, default=32, help="val prompts per set ([ARDITI]: 32)")
+    refusal.add_argument(
+        "--no-filter", action="store_true", help="keep prompts the model does not score as [ARDITI] wants"
+    )
     refusal.add_argument("--full-table", action="store_true", help="score every candidate on every filter")
     refusal.set_defaults(func=run_refusal)
 
@@ -77,7 +85,9 @@ def run_refusal(args: argparse.Namespace) -> int:
         layers=args.layers,
         positions=args.positions,
         select=not args.no_select,
-        max_val=args.max_val,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        filter_prompts=not args.no_filter,
         system=args.system,
         ablation_site=args.ablation_site,
         full_table=args.full_table,

@@ -1,8 +1,13 @@
-"""``moia reproduce``: the injected-thought experiment end to end (PROTOCOL §1-3, §6).
+"""``moia reproduce``: the injected-thought experiment end to end (PROTOCOL §1-4, §6).
 
-    moia reproduce                       # quick grid on the default model (minutes on a CPU)
-    moia reproduce --full --out runs/x   # PROTOCOL's grid: 50 test concepts, trials 1..10, ...
+    moia reproduce                        # the quick sweep on the default model (minutes on a CPU)
+    moia reproduce --full --out runs/x    # PROTOCOL's sweep: 50 test concepts, trials 1..10, ...
+    moia reproduce --protocol ablation    # [MOIA]'s refusal-ablation experiment (PROTOCOL §4)
     moia reproduce --bias bias.safetensors --arms baseline bias
+
+``--protocol`` names what is run (``moia.experiment.protocols``): ``sweep``, the layer × strength
+sweep, or ``ablation``, [MOIA]'s ablation experiment exactly (sampled, injection at every
+position, 1,500 controls per arm). Any grid option overrides the protocol's value.
 
 Extracts concept vectors and refusal directions (cached in the output folder), runs the arms
 (baseline, ablation, bias, ablation+bias; bias arms need ``--bias``), grades every trial, writes
@@ -16,36 +21,21 @@ import pathlib
 import time
 from typing import Any
 
-from ..experiment.sweep import ARMS, Sweep
+from ..experiment.arms import AblationSpec
+from ..experiment.protocols import PROTOCOL_FIELDS, PROTOCOLS, protocol_settings
+from ..experiment.sweep import Sweep
 from .options import add_model_options, add_options, from_args, load_model_from_args
 from .workers import add_worker_options, run_with_workers
 
-# The quick grid, sized for a 2-core CPU with SmolLM2-135M on the bridge backend: 6 concepts ×
-# 2 layers × 2 strengths × trials 1-2, concept and random vectors, forced trials, 10 control
-# trials per arm (FPR n = 10), 32 new tokens: 332 trials for the baseline and ablation arms
-# (166 per arm; the bias arms add 166 each), about 4 minutes on a shared 2-core machine.
-QUICK: dict[str, Any] = dict(
-    concepts=["Dust", "Oceans", "Volcanoes", "Sugar", "Poetry", "Secrecy"],
-    layers=[0.4, 0.6],
-    strengths=[4.0, 8.0],
-    trials=[1, 2],
-    control_trials=list(range(1, 11)),
-    max_new_tokens=32,
-)
-# PROTOCOL §2: the 50 test concepts, trials 1..10, 100 new tokens; depths around [MOIA]'s
-# detection peak (0.47) and canonical layer (0.6), strengths around its canonical 4. Meant for a
-# GPU: 6,000 trials per vector kind and arm.
-FULL: dict[str, Any] = dict(
-    concepts=None,  # the shipped test list
-    layers=[0.4, 0.5, 0.6, 0.7],
-    strengths=[2.0, 4.0, 8.0],
-    trials=list(range(1, 11)),
-    control_trials=None,
-    max_new_tokens=100,
-)
+
+class ProtocolDefault:
+    """The default of an option whose value the protocol decides (None is a real value for some)."""
+
+    def __repr__(self) -> str:
+        return "the protocol's"
 
 
-GRID_FIELDS = ("concepts", "layers", "strengths", "trials", "control_trials", "max_new_tokens")
+PROTOCOL_DEFAULT = ProtocolDefault()
 
 
 def add_parser(subparsers: Any) -> None:
@@ -56,27 +46,28 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(p, backend="bridge")  # the bridge: same numerics, about twice as fast on CPU
-    p.add_argument("--out", help="output folder (default runs/reproduce-<model>[-full])")
-    p.add_argument("--full", action="store_true", help="PROTOCOL's full grid instead of the quick one")
-    # grid options default to the quick (or --full) grid; the rest to the Sweep's defaults
-    add_options(p, Sweep, defaults={**dict.fromkeys(GRID_FIELDS), "arms": list(ARMS)})
+    p.add_argument("--protocol", choices=PROTOCOLS, default="sweep", help="what to run (default: sweep)")
+    p.add_argument("--out", help="output folder (default runs/<protocol>-<model>[-full])")
+    p.add_argument("--full", action="store_true", help="the sweep's full grid instead of the quick one")
+    # the fields a protocol fixes default to the protocol's values; the rest to the Sweep's defaults
+    add_options(p, Sweep, defaults=dict.fromkeys(PROTOCOL_FIELDS, PROTOCOL_DEFAULT))
     p.add_argument("--lowercase", action="store_true", help="[LINDSEY]'s lower-case concept words")
     p.add_argument("--judge", default="rule", help="rule (default), http (MOIA_JUDGE_* env) or a URL")
     p.add_argument("--bias", help="trained bias vector (.safetensors) for the bias arms")
+    arm = AblationSpec()
     p.add_argument(
         "--ablation",
         choices=("per_layer", "selected"),
-        default="per_layer",
+        default=arm.kind,
         help="[MOIA]'s per-layer directions or [ARDITI]'s selected one (slow selection)",
     )
     p.add_argument(
-        "--ablation-weight",
-        type=float,
-        default=0.1,
-        help="weight of the ablation at every layer: 1 = full; default 0.1, [MOIA]-style soft ablation "
-        "(full per-layer ablation at every layer leaves SmolLM2 incoherent)",
+        "--ablation-weights",
+        default=arm.weights,
+        help="per-layer ablation weights: moia-regions ([MOIA]'s region weights mapped by depth, the "
+        "default), uniform ([MOIA]'s 0.0175), a number in [0, 1] (1 = full) or a JSON file",
     )
-    p.add_argument("--ablation-site", choices=("resid_post", "writers", "resid_pre"), default="resid_post")
+    p.add_argument("--ablation-site", choices=("resid_post", "writers", "resid_pre"), default=arm.site)
     p.add_argument("--threads", type=int, help="torch CPU threads (>= 1)")
     add_worker_options(p)
     p.set_defaults(func=run)
@@ -100,19 +91,18 @@ def check_concepts(words: list[str]) -> list[str]:
 
 
 def build_sweep(args: argparse.Namespace) -> Sweep:
+    """The ``Sweep`` of ``--protocol`` (and ``--full``), with every option given overriding it."""
     from ..directions.concepts import concept_words
 
-    grid = FULL if args.full else QUICK
-    chosen = {k: getattr(args, k) for k in GRID_FIELDS}
-    picked = {k: grid[k] if chosen[k] is None else chosen[k] for k in GRID_FIELDS}
+    chosen = {k: getattr(args, k) for k in PROTOCOL_FIELDS if getattr(args, k) is not PROTOCOL_DEFAULT}
+    defaults = protocol_settings(args.protocol, args.full, chosen.get("temperature"))
+    picked = {**defaults, **chosen}
     picked["concepts"] = check_concepts(picked["concepts"] or concept_words("test"))
-    sweep = from_args(
-        Sweep,
-        args,
-        **picked,
-        arms=list(dict.fromkeys(args.arms)),
-        kinds=list(dict.fromkeys(args.kinds)),
+    picked["arms"], picked["kinds"] = (
+        list(dict.fromkeys(picked["arms"])),
+        list(dict.fromkeys(picked["kinds"])),
     )
+    sweep = from_args(Sweep, args, **picked)
     sweep.validate(n_layers=None)  # all but the layers, before a model is loaded
     return sweep
 
@@ -122,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..core.model import device_of
     from ..eval.judge import make_judge
-    from ..experiment.arms import NO_BIAS, AblationSpec, cached_concept_vectors, prepare_arms
-    from ..experiment.report import table_rows, text_table, write_report
+    from ..experiment.arms import NO_BIAS, cached_concept_vectors, prepare_arms
+    from ..experiment.report import fpr_lines, table_rows, text_table, write_report
     from ..experiment.results import TRIALS, read_trials
     from ..experiment.run import run_sweep
     from ..experiment.sweep import sweep_trials
@@ -134,10 +124,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     sweep = build_sweep(args)
-    ablation = AblationSpec(args.ablation, args.ablation_weight, args.ablation_site)
+    ablation = AblationSpec(args.ablation, args.ablation_weights, args.ablation_site)
     judge = make_judge(args.judge)
     name = pathlib.Path(args.model).name
-    out = pathlib.Path(args.out or f"runs/reproduce-{name}{'-full' if args.full else ''}")
+    out = pathlib.Path(args.out or f"runs/{args.protocol}-{name}{'-full' if args.full else ''}")
     if args.bias and not pathlib.Path(args.bias).exists():
         raise FileNotFoundError(f"bias file not found: {args.bias}")
 
@@ -161,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
         "device": device_of(model).type,  # where the model is, not what was asked for
         "judge": args.judge if args.judge == "rule" else f"{args.judge} ({getattr(judge, 'model', '?')})",
-        "concept_vectors": {"capitalize": not args.lowercase},
+        "concept_vectors": {"capitalize": not args.lowercase, "system": None},
         "arms": arm_settings,
     }
     t_prep = time.perf_counter() - t0
@@ -170,9 +160,11 @@ def run(args: argparse.Namespace) -> int:
     records = [r for r in read_trials(out / TRIALS) if r["id"] in ids]
     settings = {
         "model": getattr(model, "moia_name", args.model),
-        "grid": "full" if args.full else "quick",
+        "protocol": args.protocol,
+        "grid": "full" if args.full or args.protocol != "sweep" else "quick",
         **sweep.as_dict(),
         "layer_indices": layers,
+        "sampling": summary.sampling,
         **run_settings,
         "skipped_arms": skipped,
         "timing_s": {"preparation": round(t_prep, 1), "trials": round(summary.seconds, 1)},
@@ -181,8 +173,8 @@ def run(args: argparse.Namespace) -> int:
     }
     report = write_report(out, records, settings)
     print(text_table(table_rows(report["metrics"])))
-    for arm, m in report["metrics"]["arms"].items():
-        print(f"{arm}: FPR {m['fpr']['k']}/{m['fpr']['n']} control trials")
+    for line in fpr_lines(report["metrics"]):
+        print(line)
     wall = time.perf_counter() - t0
     print(
         f"{summary.ran} trials run, {summary.already} resumed, in {wall:.0f} s; report: "

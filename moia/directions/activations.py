@@ -23,7 +23,7 @@ from ..lm.decoding import tokenize_prompts
 def residual_stream(
     model: LanguageModel,
     texts: Sequence[str],
-    layers: Sequence[int],
+    layers: Sequence[int | tuple[str, int]],
     positions: Sequence[int] = (-1,),
     batch_size: int = 16,
     progress: bool = False,
@@ -31,6 +31,7 @@ def residual_stream(
 ) -> Iterator[tuple[list[int], Float[Tensor, "batch pos layer d_model"]]]:
     """Yield ``(indices, acts)`` per batch: the output of each decoder layer in ``layers`` at
     ``positions`` (negative, from the last prompt token: -1 is the last) of each formatted text.
+    An entry of ``layers`` may also name its hook site, ``("resid_pre", 0)``: the input of block 0.
 
     Texts are batched by length (less padding) and left-padded, so a position counted from the
     end is the same token in every row; ``indices`` say which texts a batch holds. The forward
@@ -49,7 +50,8 @@ def residual_stream(
     if min(lengths) < -min(positions):
         raise ValueError(f"position {min(positions)} lies before the start of a {min(lengths)}-token prompt")
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
-    names = [hook_name(model, "resid_post", layer) for layer in layers]
+    points = [p if isinstance(p, tuple) else ("resid_post", p) for p in layers]
+    names = [hook_name(model, site, layer) for site, layer in points]
     pos = list(positions)
     captured: dict[str, Tensor] = {}
 
@@ -61,5 +63,5 @@ def residual_stream(
         tokens, mask = tokenize_prompts(model, [texts[i] for i in idx], device_of(model))
         captured.clear()
         with model.hooks(fwd_hooks=[(name, capture) for name in names]):  # not held across yields
-            model(tokens, attention_mask=mask, stop_at_layer=max(layers) + 1)
+            model(tokens, attention_mask=mask, stop_at_layer=max(layer for _, layer in points) + 1)
         yield idx, torch.stack([captured[name] for name in names], dim=2)

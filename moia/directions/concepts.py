@@ -3,7 +3,9 @@
 v(word, L) = act(word, L) − mean over the baseline words of act(baseline, L), where act is the
 output of decoder layer L (``hook_resid_post``) at the last token of the chat-formatted prompt
 ``Tell me about {word}`` with the generation prompt. Not normalised. Extract at the layer the
-vector is later injected at.
+vector is later injected at. No system message is sent, as in [MOIA]'s code
+(``src/vector_utils.py``, ``extract_concept_vectors_batch``): on SmolLM2 an explicit empty system
+turn instead moves the vectors by a median 82% of their norm (PROTOCOL §1).
 
 [MOIA] keeps the word capitalised ("Dust", ``capitalize=True``, the default); [LINDSEY]
 lowercases it (``capitalize=False``). The baseline words get the same casing as the concept words.
@@ -172,7 +174,7 @@ def concept_vectors(
     baseline_words: Sequence[str] | None = None,
     capitalize: bool = True,
     prompt: str = DEFAULT_PROMPT,
-    system: str | None = "",
+    system: str | None = None,
     batch_size: int = 16,
     progress: bool = False,
 ) -> ConceptVectors:
@@ -187,7 +189,8 @@ def concept_vectors(
         baseline_words: the words whose mean activation is subtracted (default: the 100 shipped).
         capitalize: True for [MOIA]'s "Dust", False for [LINDSEY]'s "dust".
         prompt: the user turn, with ``{word}``.
-        system: the system turn ("" explicit empty, None none; see ``moia.lm.chat``).
+        system: the system turn; None (default) sends no system message, as [MOIA]'s code does, so
+            a template's own default system prompt applies (SmolLM2's); "" an explicit empty one.
     """
     if isinstance(words, str):
         raise TypeError(f"words must be a list of words, not one string ({words!r})")

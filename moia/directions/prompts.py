@@ -86,6 +86,35 @@ def split_prompts(
     return [prompts[i] for i in train], [prompts[i] for i in val]
 
 
+def arditi_sample(
+    prompts: list[str],
+    val: list[str] | None = None,
+    n_train: int = 128,
+    n_val: int = 32,
+    seed: int = 42,
+    rng: random.Random | None = None,
+) -> tuple[list[str], list[str]]:
+    """[ARDITI]'s ``(train, val)`` sample (``pipeline/run_pipeline.py``, ``load_and_sample_datasets``):
+    ``random.sample`` of ``n_train`` train and ``n_val`` val prompts after ``random.seed(42)``.
+
+    [ARDITI] samples from separate train and val splits; given ``val``, so does this. Given one pool
+    (moia's shipped sets), val is sampled first and train from the rest, so the two never share a
+    prompt. A set smaller than asked for is used whole. ``rng`` continues a shared generator, so the
+    harmful and the harmless set are drawn one after the other from one seed, as in [ARDITI].
+    """
+    for name, n in (("n_train", n_train), ("n_val", n_val)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
+    rng = rng or random.Random(seed)
+    if val is None:
+        val = rng.sample(prompts, min(n_val, len(prompts) - 1))
+        taken = set(val)
+        rest = [p for p in prompts if p not in taken]
+        return rng.sample(rest, min(n_train, len(rest))), val
+    train = rng.sample(prompts, min(n_train, len(prompts)))
+    return train, rng.sample(val, min(n_val, len(val)))
+
+
 # ---------------------------------------------------------------------------------- readers
 def _read(source: str | pathlib.Path, column: str | None, hf_split: str) -> list[Any]:
     name = str(source)

@@ -1,31 +1,37 @@
 """Refusal directions: difference of means, [ARDITI]'s selection and [MOIA]'s per-layer set (PROTOCOL §4).
 
-Candidates. r(l, i) = mean over harmful − mean over harmless prompts of the output of decoder
-layer l (``hook_resid_post``; [ARDITI] reads the block input, ``resid_pre`` of l, which is the
-output of layer l − 1) at each post-instruction position i: the chat-template tokens after the
-user message (SmolLM2: ``<|im_end|> \\n <|im_start|> assistant \\n``, positions -6 … -1).
-Sums are accumulated in float64; candidates are stored as float32.
+The mean difference (harmful − harmless prompts, accumulated in float64, stored as float32) is
+read at each post-instruction position i — the chat-template tokens after the user message
+(SmolLM2: ``<|im_end|> \\n <|im_start|> assistant \\n``, positions -6 … -1) — at every point of
+the residual stream: ``candidates[i, s]`` for s = 0 … n_layers, where s < n_layers is the input
+of block s (``resid_pre``) and s = n_layers the output of the last block. So:
 
-Layer indices are those of ``DirectionAblation``: the direction of layer l is read from, added to
-and (with ``site="resid_post"``) ablated at the output of layer l; with ``site="writers"`` it is
-ablated at the writers of layer l, whose sum is that output.
+- [ARDITI]'s candidate r(l, i) (``direction(l, i)``) is read at the input of block l, as
+  [ARDITI]'s ``generate_directions`` reads it (a forward pre-hook on block l), and its selection
+  adds it there;
+- [MOIA]'s direction of layer l (``per_layer(i)[l]``, position −2) is read at the output of
+  decoder layer l (``hidden_states[l + 1]`` in 03d) and ablated there, softly, with per-layer
+  weights (``ablation("per_layer", weights, site="resid_post")``).
 
-Selection ([ARDITI]): see ``moia.directions.selection``. On CPU the evaluation is the cost (three
-forwards of the val prompts per candidate), so the default grid is small: ``default_eval_layers``
-(every ``round(0.1 * n_layers)``-th layer from 0.25 depth up to ``max_depth``; SmolLM2: 8, 11, …,
-23) × ``default_eval_positions`` (the first post-instruction token, −2 and −1, where most of the
-directions [ARDITI] selected for their models sit), on at most 16 val prompts per set. Pass
-``layers=range(n_layers), positions=range(-n_post, 0)`` for [ARDITI]'s full sweep. Filters (b)
-and (c) are evaluated lazily, in increasing order of (a), until a candidate passes all filters;
-this selects the same direction as evaluating every row (rows never reached keep NaN, saved as
-null; ``full_table=True`` evaluates them all).
+Selection ([ARDITI]): see ``moia.directions.selection``. The prompts are sampled as in [ARDITI]'s
+pipeline (``arditi_sample``: 128 train and 32 val per set, seed 42) and filtered by the model's own
+refusal scores (``filter_by_refusal``). On CPU the evaluation is the cost (three forwards of the
+val prompts per candidate), so the default grid is small: ``default_eval_layers`` (every
+``round(0.1 * n_layers)``-th layer from 0.25 depth up to ``max_depth``; SmolLM2: 8, 11, …, 23) ×
+``default_eval_positions`` (the first post-instruction token, −2 and −1, where most of the
+directions [ARDITI] selected for their models sit). Pass ``layers=range(n_layers),
+positions=range(-n_post, 0)`` for [ARDITI]'s full sweep. Filters (b) and (c) are evaluated lazily,
+in increasing order of (a), until a candidate passes all filters; this selects the same direction
+as evaluating every row (rows never reached keep NaN, saved as null; ``full_table=True``
+evaluates them all).
 
-[MOIA] uses one direction per layer at position −2 (``per_layer``), ablated softly with per-layer
-weights at each decoder layer's output (``ablation("per_layer", weights, site="resid_post")``).
+Without a selection (``select=False``, [MOIA]'s per-layer set) every prompt goes into the means,
+as [MOIA]'s 03d does with its 512 + 512; nothing is filtered.
 """
 
 import math
 import os
+import random
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +40,6 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..core.interventions import DirectionAblation
 from ..core.layers import depth_fractions, resolve_layers
@@ -43,14 +48,23 @@ from ..core.sites import ABLATION_SITES
 from ..io import json_meta, load_tensors, model_metadata, save_tensors
 from ..lm.chat import format_chat
 from .activations import residual_stream
-from .prompts import split_prompts
-from .selection import REFUSAL_STARTS, CandidateScorer, refusal_token_ids, select_direction
+from .prompts import arditi_sample
+from .selection import (
+    CandidateScorer,
+    evaluate_candidates,
+    filter_by_refusal,
+    refusal_starts,
+    refusal_token_ids,
+)
 
 KIND = "refusal_directions"
+STREAM = (
+    "candidates[:, s]: the input of block s for s < n_layers, the output of the last block for s = n_layers"
+)
 SENTINEL = "MOIA-USER-CONTENT"
 
 
-def post_instruction_tokens(model: LanguageModel, system: str | None = "") -> list[str]:
+def post_instruction_tokens(model: LanguageModel, system: str | None = None) -> list[str]:
     """The chat template's tokens after the user message, up to the end of the generation prompt."""
     text = format_chat(model, SENTINEL, system=system)
     suffix = text.split(SENTINEL)[-1]
@@ -66,9 +80,10 @@ def post_instruction_tokens(model: LanguageModel, system: str | None = "") -> li
 
 @dataclass(frozen=True)
 class RefusalDirections:
-    """Candidate refusal directions [position, layer, d_model] and the selection that chose one."""
+    """Mean differences [position, stream, d_model] (stream s < n_layers: the input of block s;
+    s = n_layers: the output of the last block) and the selection that chose one candidate."""
 
-    candidates: Float[Tensor, "pos layer d_model"]
+    candidates: Float[Tensor, "pos stream d_model"]
     positions: list[int]  # negative, from the end of the prompt; aligned with candidates' dim 0
     post_instruction: list[str]
     model_name: str
@@ -81,21 +96,24 @@ class RefusalDirections:
 
     @property
     def n_layers(self) -> int:
-        return int(self.candidates.shape[1])
+        return int(self.candidates.shape[1]) - 1
 
     @property
     def d_model(self) -> int:
         return int(self.candidates.shape[2])
 
-    def direction(self, layer: int, position: int = -1) -> Float[Tensor, " d_model"]:
-        """The (unnormalised) candidate at ``layer`` and ``position``."""
-        return self.per_layer(position)[resolve_layers(self.n_layers, [layer])[0]]
-
-    def per_layer(self, position: int = -2) -> Float[Tensor, "layer d_model"]:
-        """One direction per layer at ``position`` ([MOIA]'s set uses −2)."""
+    def _stream(self, position: int) -> Float[Tensor, "stream d_model"]:
         if position not in self.positions:
             raise KeyError(f"no candidates at position {position}; positions: {self.positions}")
         return self.candidates[self.positions.index(position)]
+
+    def direction(self, layer: int, position: int = -1) -> Float[Tensor, " d_model"]:
+        """[ARDITI]'s (unnormalised) candidate r(layer, position): read at the input of block ``layer``."""
+        return self._stream(position)[resolve_layers(self.n_layers, [layer])[0]]
+
+    def per_layer(self, position: int = -2) -> Float[Tensor, "layer d_model"]:
+        """[MOIA]'s set: one direction per layer at ``position`` (−2), read at each layer's output."""
+        return self._stream(position)[1:]
 
     @property
     def selected(self) -> tuple[int, int, Float[Tensor, " d_model"]]:
@@ -137,6 +155,7 @@ class RefusalDirections:
                 "model": self.model_name,
                 "d_model": str(self.d_model),
                 "n_layers": str(self.n_layers),
+                "stream": STREAM,
                 "layers": list(range(self.n_layers)),
                 "depths": depth_fractions(range(self.n_layers), self.n_layers),
                 "positions": self.positions,
@@ -162,7 +181,12 @@ class RefusalDirections:
             raise ValueError(
                 f"{path}: candidates tensor missing or not [{len(positions)}, n_layers, d_model]"
             )
-        if str(cands.shape[1]) != meta.get("n_layers") or str(cands.shape[2]) != meta.get("d_model"):
+        if "stream" not in meta:
+            raise ValueError(
+                f"{path}: an older refusal-direction file (candidates read at layer outputs only); "
+                "extract the directions again"
+            )
+        if str(cands.shape[1] - 1) != meta.get("n_layers") or str(cands.shape[2]) != meta.get("d_model"):
             raise ValueError(f"{path}: candidates shape {tuple(cands.shape)} disagrees with its metadata")
         sel = json_meta(meta, "selected", path)
         return cls(
@@ -201,18 +225,20 @@ def mean_difference(
     harmful: Sequence[str],
     harmless: Sequence[str],
     positions: Sequence[int],
-    system: str | None = "",
+    system: str | None = None,
     batch_size: int = 16,
     progress: bool = False,
-) -> Float[Tensor, "pos layer d_model"]:
-    """mean(harmful) − mean(harmless) of every layer's output at ``positions``, in float64."""
-    layers = list(range(int(model.cfg.n_layers)))
+) -> Float[Tensor, "pos stream d_model"]:
+    """mean(harmful) − mean(harmless) at ``positions`` at every point of the residual stream (the
+    input of each block, then the output of the last one), in float64."""
+    n = int(model.cfg.n_layers)
+    points = [*(("resid_pre", layer) for layer in range(n)), ("resid_post", n - 1)]
     means = []
     for name, prompts in (("harmful", harmful), ("harmless", harmless)):
         texts = [format_chat(model, p, system=system) for p in prompts]
-        total = torch.zeros(len(positions), len(layers), int(model.cfg.d_model), dtype=torch.float64)
+        total = torch.zeros(len(positions), n + 1, int(model.cfg.d_model), dtype=torch.float64)
         for _, acts in residual_stream(
-            model, texts, layers, positions, batch_size, progress, f"{name} means"
+            model, texts, points, positions, batch_size, progress, f"{name} means"
         ):
             total += acts.to(device="cpu", dtype=torch.float64).sum(0)
         means.append(total / len(texts))
@@ -240,15 +266,16 @@ def refusal_directions(
     select: bool = True,
     harmful_val: Sequence[str] | None = None,
     harmless_val: Sequence[str] | None = None,
-    val_fraction: float = 0.25,
-    max_val: int = 16,
-    seed: int = 0,
-    system: str | None = "",
+    n_train: int = 128,
+    n_val: int = 32,
+    seed: int = 42,
+    filter_prompts: bool = True,
+    system: str | None = None,
     ablation_site: str = "writers",
     kl_max: float = 0.1,
     max_depth: float = 0.8,
     induce_threshold: float = 0.0,
-    refusal_starts: Sequence[str] = REFUSAL_STARTS,
+    starts: Sequence[str] | None = None,
     full_table: bool = False,
     batch_size: int = 16,
     max_rows: int = 64,
@@ -258,11 +285,15 @@ def refusal_directions(
     the selection of one.
 
     Args:
-        harmful, harmless: instructions (user turns). Without ``*_val`` sets and with ``select``,
-            each is split (``split_prompts(val_fraction, seed)``): train for the means, val (at
-            most ``max_val``) for the selection.
+        harmful, harmless: instructions (user turns). With ``select``, [ARDITI]'s sample is drawn
+            (``arditi_sample(n_train, n_val, seed)``; val from ``*_val`` where given, else from the
+            same pool) and, with ``filter_prompts``, filtered by the model's refusal scores
+            (``filter_by_refusal``): train for the means, val for the selection. Without
+            ``select`` every prompt goes into the means ([MOIA]'s per-layer set).
         layers, positions: the candidates evaluated in the selection (indices/depths; negative
             positions); default: ``default_eval_layers`` × ``default_eval_positions``.
+        starts: the refusal openings scored (default: [ARDITI]'s for the model's family,
+            ``moia.directions.selection.refusal_starts``).
         ablation_site: where candidates are ablated for (a) and (c): "writers" ([ARDITI]) or
             "resid_post" ([MOIA]).
         kl_max, max_depth, induce_threshold: the filters of ``refusal_selection``.
@@ -270,21 +301,18 @@ def refusal_directions(
         max_rows: prompt × candidate rows per forward in the evaluation.
     """
     harmful, harmless = _prompt_list(harmful, "harmful"), _prompt_list(harmless, "harmless")
-    if max_val < 1:
-        raise ValueError(f"max_val must be >= 1, got {max_val}")
     if ablation_site not in ABLATION_SITES:
         raise ValueError(f"unknown ablation site {ablation_site!r}: expected one of {ABLATION_SITES}")
     n_layers = int(model.cfg.n_layers)
     post = post_instruction_tokens(model, system)
     all_positions = list(range(-len(post), 0))
-    settings: dict[str, Any] = {"site": "resid_post (output of decoder layer l)", "system": system}
+    settings: dict[str, Any] = {"site": STREAM, "system": system}
     if select:  # check everything before the expensive part
-        if harmful_val is None:
-            harmful, harmful_val = split_prompts(harmful, val_fraction, seed)
-        if harmless_val is None:
-            harmless, harmless_val = split_prompts(harmless, val_fraction, seed)
-        harmful_val = _prompt_list(harmful_val, "harmful_val")[:max_val]
-        harmless_val = _prompt_list(harmless_val, "harmless_val")[:max_val]
+        hf_val = None if harmful_val is None else _prompt_list(harmful_val, "harmful_val")
+        hl_val = None if harmless_val is None else _prompt_list(harmless_val, "harmless_val")
+        rng = random.Random(seed)
+        harmful, harmful_val = arditi_sample(harmful, hf_val, n_train, n_val, rng=rng)
+        harmless, harmless_val = arditi_sample(harmless, hl_val, n_train, n_val, rng=rng)
         eval_layers = (
             default_eval_layers(n_layers, max_depth) if layers is None else resolve_layers(model, layers)
         )
@@ -292,12 +320,25 @@ def refusal_directions(
         bad = [p for p in eval_positions if p not in all_positions]
         if bad:
             raise ValueError(f"positions {bad} are not post-instruction positions {all_positions} ({post})")
-        token_ids = refusal_token_ids(model.tokenizer, refusal_starts)
+        starts = refusal_starts(model_metadata(model)["model"]) if starts is None else tuple(starts)
+        token_ids = refusal_token_ids(model.tokenizer, starts)
+        if filter_prompts:
+            harmful, harmless, train_problem = filter_by_refusal(
+                model, harmful, harmless, token_ids, system, batch_size
+            )
+            harmful_val, harmless_val, val_problem = filter_by_refusal(
+                model, harmful_val, harmless_val, token_ids, system, batch_size
+            )
+            problems = [f"{name}: {p}" for name, p in (("train", train_problem), ("val", val_problem)) if p]
+            if problems:
+                warnings.warn(f"[ARDITI]'s prompt filter: {'; '.join(problems)}", stacklevel=2)
+            settings["filter_problems"] = problems
         settings.update(
             n_harmful_val=len(harmful_val),
             n_harmless_val=len(harmless_val),
+            sample={"n_train": n_train, "n_val": n_val, "seed": seed, "filtered": filter_prompts},
             ablation_site=ablation_site,
-            refusal_starts=list(refusal_starts),
+            refusal_starts=list(starts),
             refusal_token_ids=token_ids,
             kl_max=kl_max,
             max_depth=max_depth,
@@ -330,7 +371,7 @@ def refusal_directions(
         )
     grid = [(pos, layer) for layer in eval_layers for pos in eval_positions]
     dirs = torch.stack([candidates[all_positions.index(p), layer] for p, layer in grid]).float()
-    table, relaxed, index, passed = _evaluate(
+    table, relaxed, index, passed = evaluate_candidates(
         scorer, grid, dirs, n_layers, kl_max, max_depth, induce_threshold, full_table, progress
     )
     chosen = table[index] if index is not None else {"layer": None, "position": None}
@@ -342,45 +383,3 @@ def refusal_directions(
         selection_passed=passed,
         relaxed=relaxed,
     )
-
-
-def _evaluate(
-    scorer: CandidateScorer,
-    grid: list[tuple[int, int]],
-    dirs: Tensor,
-    n_layers: int,
-    kl_max: float,
-    max_depth: float,
-    induce_threshold: float,
-    full_table: bool,
-    progress: bool,
-) -> tuple[list[dict[str, Any]], list[str], int | None, bool]:
-    """Fill the selection table: (a) for every candidate, then (b), (c) in increasing order of (a)."""
-    chunk = max(1, scorer.max_rows // max(scorer.harmful[0].shape[0], scorer.harmless[0].shape[0]))
-    ablation: list[float] = []
-    for start in tqdm(range(0, len(grid), chunk), desc="ablation scores", disable=not progress):
-        ablation += scorer.ablation_scores(dirs[start : start + chunk])
-    table: list[dict[str, Any]] = [
-        dict(layer=layer, position=pos, ablation_score=a, addition_score=math.nan, kl=math.nan, passed=False)
-        for (pos, layer), a in zip(grid, ablation, strict=True)
-    ]
-    depth_limit = int(max_depth * n_layers)
-    order = sorted(
-        (i for i, row in enumerate(table) if row["layer"] < depth_limit), key=lambda i: ablation[i]
-    )
-
-    def select() -> tuple[int | None, bool, list[str]]:
-        return select_direction(
-            table, n_layers, kl_max, max_depth, induce_threshold, scorer.baseline["harmless"]
-        )
-
-    for start in tqdm(range(0, len(order), chunk), desc="addition and KL", disable=not progress):
-        idx = order[start : start + chunk]
-        kls = scorer.ablation_kl(dirs[idx])
-        adds = scorer.addition_scores(dirs[idx], [table[i]["layer"] for i in idx])
-        for i, kl, add in zip(idx, kls, adds, strict=True):
-            table[i].update(kl=kl, addition_score=add)
-        if not full_table and select()[1]:
-            break
-    index, passed, relaxed = select()
-    return table, relaxed, index, passed

@@ -1,17 +1,20 @@
 """Binomial confidence intervals for the rates the experiments report, in plain stdlib math.
 
 PROTOCOL §3 reports every rate (detection, false positives, introspection, forced identification)
-with a Wilson 95% interval and its n. PROTOCOL §5 verifies a trained bias vector's false-positive
-rate on held-out controls with an exact binomial bound: ``clopper_pearson_upper`` is that bound
-(one-sided, so a 95% bound uses all of alpha = 0.05 on the upper side), and ``clopper_pearson`` is the
-usual two-sided exact interval (alpha / 2 on each side).
+with a Wilson 95% interval and its n (``rate``), every false-positive rate with its exact one-sided
+upper bound, and every injected rate with a concept-clustered bootstrap interval
+(``clustered_interval``). PROTOCOL §5 verifies a trained bias vector's false-positive rate on
+held-out controls with the same exact bound: ``clopper_pearson_upper`` (one-sided, so a 95% bound
+uses all of alpha = 0.05 on the upper side); ``clopper_pearson`` is the usual two-sided exact
+interval (alpha / 2 on each side).
 
 The exact bounds solve the binomial tail equations by bisection; the binomial CDF is summed from
 log-pmf terms built with ``math.lgamma``, so there is no scipy dependency.
 """
 
 import math
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from typing import Any
 
 _BISECTION_TOLERANCE = 1e-13
@@ -53,11 +56,54 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return lo, hi
 
 
-def rate(k: int, n: int) -> dict[str, Any]:
-    """The one rate record every report uses: ``{"k", "n", "rate", "ci95"}``, with the Wilson 95%
-    interval; ``rate`` is None when n is 0 (JSON has no NaN)."""
+def rate(k: int, n: int, clusters: Sequence[tuple[int, int]] | None = None, seed: int = 0) -> dict[str, Any]:
+    """The one rate record every report uses (PROTOCOL §3).
+
+    ``{"k", "n", "rate", "ci95", "upper95"}``: the Wilson 95% interval and the exact one-sided 95%
+    upper bound (Clopper–Pearson; the bound a false-positive rate is reported with). ``rate`` is
+    None when n is 0 (JSON has no NaN). With ``clusters`` — the (k, n) of each cluster, e.g. of
+    each concept, summing to (k, n) — also ``"ci95_clustered"``: the percentile bootstrap over
+    clusters (``clustered_interval``, seeded with ``seed``), None with fewer than two clusters.
+    """
     lo, hi = wilson_interval(k, n)
-    return {"k": k, "n": n, "rate": k / n if n else None, "ci95": [lo, hi]}
+    out: dict[str, Any] = {
+        "k": k,
+        "n": n,
+        "rate": k / n if n else None,
+        "ci95": [lo, hi],
+        "upper95": clopper_pearson_upper(k, n),
+    }
+    if clusters is not None:
+        clusters = [(int(a), int(b)) for a, b in clusters]
+        total = (sum(a for a, _ in clusters), sum(b for _, b in clusters))
+        if total != (k, n):
+            raise ValueError(f"clusters sum to (k, n) = {total}, not ({k}, {n})")
+        out["clusters"] = len(clusters)
+        out["ci95_clustered"] = list(clustered_interval(clusters, seed=seed)) if len(clusters) > 1 else None
+    return out
+
+
+def clustered_interval(
+    clusters: Sequence[tuple[int, int]], level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval of a pooled rate whose trials come in clusters (PROTOCOL §3).
+
+    Trials of one concept share a vector and a prompt, so they are not independent; resampling
+    whole clusters (with replacement, ``n_boot`` times, seeded) and pooling each resample's hits
+    and trials gives an interval that widens where the rate varies between concepts.
+    """
+    if len(clusters) < 1 or any(not 0 <= k <= n or n < 1 for k, n in clusters):
+        raise ValueError(f"clusters must be (k, n) pairs with 0 <= k <= n and n >= 1, got {clusters!r}")
+    _check_alpha(1.0 - level)
+    rng = random.Random(seed)
+    rates = sorted(
+        sum(k for k, _ in sample) / sum(n for _, n in sample)
+        for sample in (rng.choices(clusters, k=len(clusters)) for _ in range(n_boot))
+    )
+    tail = (1.0 - level) / 2
+    lo = rates[max(0, math.floor(tail * n_boot))]
+    hi = rates[min(n_boot - 1, math.ceil((1.0 - tail) * n_boot) - 1)]
+    return lo, hi
 
 
 def binomial_cdf(k: int, n: int, p: float) -> float:

@@ -3,7 +3,9 @@
 - ``baseline``: the model as it is.
 - ``ablation``: refusal directions ablated at every layer (PROTOCOL §4): [ARDITI]'s selected
   direction, fully, at every writer (``kind="selected"``), or [MOIA]'s one direction per layer
-  (position −2), weighted, at each decoder layer's output (``kind="per_layer"``).
+  (position −2), weighted, at each decoder layer's output (``kind="per_layer"``). The weights are
+  named by ``moia.directions.ablation_weights`` ([MOIA]'s region weights mapped by depth, its
+  uniform fallback, a number, or a file) and recorded per layer.
 - ``bias``: a trained content-agnostic bias vector added at one layer in every trial (PROTOCOL
   §5; a ``moia.directions.bias`` file). Without a bias file the bias arms are skipped with a message.
 - ``ablation+bias``: both.
@@ -20,6 +22,7 @@ from typing import Any
 
 from ..core.interventions import AdditiveVector, Intervention
 from ..core.model import LanguageModel
+from ..directions.ablation_weights import ablation_weights, check_weights_spec
 from ..directions.bias import BiasVector
 from ..directions.concepts import ConceptVectors, concept_vectors
 from ..directions.prompts import load_prompts
@@ -35,15 +38,17 @@ class AblationSpec:
     """How the ablation arm ablates refusal directions (PROTOCOL §4)."""
 
     kind: str = "per_layer"  # "selected" ([ARDITI]) or "per_layer" ([MOIA])
-    weight: float = 0.1  # 1 = full ablation; < 1 = [MOIA]'s soft ablation (0.00002 ... 0.12)
+    weights: str = "moia-regions"  # see ``moia.directions.ablation_weights``; "1" = full ablation
     site: str = "resid_post"  # "writers" ([ARDITI]), "resid_post" ([MOIA]) or "resid_pre"
     position: int = -2  # the post-instruction position of the per-layer directions
 
     def __post_init__(self) -> None:
         if self.kind not in ("selected", "per_layer"):
             raise ValueError(f"ablation kind must be 'selected' or 'per_layer', got {self.kind!r}")
-        if not 0 < self.weight <= 1:
-            raise ValueError(f"ablation weight {self.weight} out of range: must lie in (0, 1]")
+        check_weights_spec(self.weights)  # a bad name, number or file fails here, before any model
+
+    def layer_weights(self, n_layers: int) -> list[float]:
+        return ablation_weights(self.weights, n_layers)
 
 
 def cached_concept_vectors(
@@ -59,8 +64,12 @@ def cached_concept_vectors(
     path = pathlib.Path(out_dir) / CONCEPT_FILE
     if path.exists():
         cached = ConceptVectors.load(path, model)
-        if cached.settings.get("capitalize") != capitalize:
-            raise ValueError(f"{path} was extracted with capitalize={cached.settings.get('capitalize')}")
+        for key, value in (("capitalize", capitalize), ("system", None)):
+            if cached.settings.get(key, "missing") != value:
+                raise ValueError(
+                    f"{path} was extracted with {key}={cached.settings.get(key, 'missing')!r}, not "
+                    f"{value!r} (PROTOCOL §1); use another output folder"
+                )
         if set(words) <= set(cached.words) and set(layers) <= set(cached.layers):
             return cached
         words = [*cached.words, *[w for w in words if w not in cached.words]]
@@ -127,10 +136,12 @@ def prepare_arms(
             bias, bias_settings = bias_arm(model, bias_path)
             bias.site_ops(model)  # check the site exists on this model now
     ablate = None
+    weights: list[float] = []
     if any("ablation" in arm for arm in arms if arm not in skipped):
+        weights = ablation.layer_weights(int(model.cfg.n_layers))
         rd = cached_refusal_directions(model, out_dir, select=ablation.kind == "selected", progress=progress)
         ablate = rd.ablation(
-            ablation.kind, weights=ablation.weight, site=ablation.site, position=ablation.position
+            ablation.kind, weights=dict(enumerate(weights)), site=ablation.site, position=ablation.position
         )
     for arm in arms:
         if arm in skipped:
@@ -140,7 +151,7 @@ def prepare_arms(
             *([bias] if bias is not None and "bias" in arm else []),
         ]
         settings[arm] = {
-            **({"ablation": asdict(ablation)} if "ablation" in arm else {}),
+            **({"ablation": {**asdict(ablation), "layer_weights": weights}} if "ablation" in arm else {}),
             **({"bias": bias_settings} if "bias" in arm else {}),
         }
     return interventions, settings, skipped

@@ -11,9 +11,12 @@ Per arm, from its control trials (no injection): the false-positive rate P(claim
 the forced controls' naming rate (how often the prefill alone names the concept). Controls do not
 depend on the injection layer or strength, so an arm's FPR is one number.
 
-Every rate comes with its n and a Wilson 95% interval. Detection of concept vectors is reported
-next to detection of random directions of the same norm ([LINDSEY]'s control): detection above
-the random-direction rate (and above the FPR) is the evidence of introspection.
+Every rate comes with its n and a Wilson 95% interval; every injected rate also with a 95%
+interval that resamples concepts (trials of one concept are not independent), and every FPR with
+its exact one-sided 95% upper bound (Clopper–Pearson), and the report says how little a bound
+from few controls excludes. Detection of concept vectors is reported next to detection of random
+directions of the same norm ([LINDSEY]'s control): detection above the random-direction rate (and
+above the FPR) is the evidence of introspection.
 """
 
 import datetime
@@ -27,9 +30,17 @@ from ..eval.stats import rate
 from ..io import atomic_path, write_json, write_text
 
 
-def _count(records: Iterable[dict[str, Any]], hit: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    records = list(records)
-    return rate(sum(1 for r in records if hit(r)), len(records))
+def _count(
+    records: Iterable[dict[str, Any]], hit: Callable[[dict[str, Any]], bool], by_concept: bool = False
+) -> dict[str, Any]:
+    """The rate of ``hit`` among ``records``; ``by_concept`` adds the concept-clustered interval."""
+    clusters: dict[Any, list[int]] = {}
+    for r in records:
+        cluster = clusters.setdefault(r["concept"] if by_concept else None, [0, 0])
+        cluster[0] += bool(hit(r))
+        cluster[1] += 1
+    k, n = sum(c[0] for c in clusters.values()), sum(c[1] for c in clusters.values())
+    return rate(k, n, [(a, b) for a, b in clusters.values()] if by_concept else None)
 
 
 def compute_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -57,11 +68,11 @@ def compute_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
                 "layer": layer,
                 "depth": group[0]["depth"],
                 "strength": strength,
-                "detection": _count(free, lambda r: r["claims_detection"]),
-                "introspection": _count(free, lambda r: r["claims_detection"] and r["identifies"]),
-                "identification_given_claim": _count(claimed, lambda r: r["identifies"]),
+                "detection": _count(free, lambda r: r["claims_detection"], True),
+                "introspection": _count(free, lambda r: r["claims_detection"] and r["identifies"], True),
+                "identification_given_claim": _count(claimed, lambda r: r["identifies"], True),
                 "forced_identification": _count(
-                    [r for r in group if r["forced"]], lambda r: r["names_concept"]
+                    [r for r in group if r["forced"]], lambda r: r["names_concept"], True
                 ),
             }
         )
@@ -74,12 +85,49 @@ def _order(key: tuple[str, str, int, float], arms: dict[str, Any]) -> tuple[int,
 
 
 # --------------------------------------------------------------------------------- tables
-def fmt(m: dict[str, Any] | None, ci: bool = False) -> str:
-    """``"37.5% (3/8)"``, with ``ci`` ``"37.5% [13.7-69.4] (3/8)"``; ``"-"`` without trials."""
+def _pct(interval: list[float]) -> str:
+    return f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+
+def fmt(m: dict[str, Any] | None, ci: bool = False, upper: bool = False) -> str:
+    """``"37.5% (3/8)"``; with ``ci`` the Wilson interval and, where the rate has one, the
+    concept-clustered one (``"37.5% (3/8) W[13.7, 69.4] C[0.0, 75.0]"``); with ``upper`` the exact
+    one-sided 95% upper bound (``"0.0% (0/10) ≤25.9%"``). ``"-"`` without trials."""
     if not m or not m["n"]:
         return "-"
-    interval = f" [{100 * m['ci95'][0]:.1f}-{100 * m['ci95'][1]:.1f}]" if ci else ""
-    return f"{100 * m['rate']:.1f}%{interval} ({m['k']}/{m['n']})"
+    text = f"{100 * m['rate']:.1f}% ({m['k']}/{m['n']})"
+    if ci:
+        text += f" W{_pct(m['ci95'])}"
+        if m.get("ci95_clustered"):
+            text += f" C{_pct(m['ci95_clustered'])}"
+    if upper:
+        text += f" ≤{100 * m['upper95']:.1f}%"
+    return text
+
+
+WEAK_BOUND = 0.05  # an FPR bound above this is called out as weak
+
+
+def fpr_lines(metrics: dict[str, Any]) -> list[str]:
+    """One line per arm: its FPR, Wilson interval and exact upper bound, and what a bound from
+    few controls cannot exclude (PROTOCOL §3)."""
+    lines = []
+    for arm, m in metrics["arms"].items():
+        f = m["fpr"]
+        if not f["n"]:
+            lines.append(f"{arm}: no free control trials, so no false-positive rate")
+            continue
+        line = (
+            f"{arm}: FPR {100 * f['rate']:.1f}% ({f['k']}/{f['n']} controls), Wilson 95% {_pct(f['ci95'])}, "
+            f"exact one-sided 95% upper bound {100 * f['upper95']:.1f}%"
+        )
+        if f["upper95"] > WEAK_BOUND:
+            line += (
+                f" — weak: {f['n']} controls cannot show an FPR below {100 * f['upper95']:.1f}% "
+                "([MOIA]'s cells have 500 to 1,500; --controls N)"
+            )
+        lines.append(line)
+    return lines
 
 
 COLUMNS = (
@@ -102,7 +150,7 @@ def table_rows(metrics: dict[str, Any], ci: bool = False) -> list[list[str]]:
         row = [arm, f"{layer} ({depth:.2f})", f"{strength:g}"]
         for _, kind, metric in COLUMNS:
             if kind is None:
-                row.append(fmt(metrics["arms"][arm][metric], ci))
+                row.append(fmt(metrics["arms"][arm][metric], ci, upper=True))
             else:
                 row.append(fmt((by_key.get((arm, kind, layer, strength)) or {}).get(metric), ci))
         rows.append(row)
@@ -139,28 +187,47 @@ def build_report(records: list[dict[str, Any]], settings: dict[str, Any]) -> dic
 def markdown_report(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = [
-        "# Injected-thought sweep",
+        f"# Injected-thought experiment: protocol `{s.get('protocol', 'sweep')}`",
         "",
         f"Model `{report['model']}`, moia {report['moia_version']}, {report['n_trials']} trials, "
         f"created {report['created']}.",
         "",
-        f"Prompt variant `{s.get('variant')}`, system turn {s.get('system')!r}, "
-        f"temperature {s.get('temperature')}, {s.get('max_new_tokens')} new tokens, seed {s.get('seed')}, "
-        f"grader `{s.get('judge', 'rule')}`.",
+        f"Protocol `{s.get('protocol', 'sweep')}`, prompt variant `{s.get('variant')}`, system turn "
+        f"{s.get('system')!r}, injection from {_inject(s.get('inject_from'))}, {_sampling(s)}, "
+        f"{s.get('max_new_tokens')} new tokens, seed {s.get('seed')}, grader `{s.get('judge', 'rule')}`.",
         "",
-        "Rates with Wilson 95% intervals and (k/n). FPR: free control trials (no injection) of the arm; "
-        "detection (random): random directions with the concept vector's norm. Detection is evidence "
-        "of introspection where it exceeds both.",
+        "Each rate: % (k/n), W = Wilson 95% interval, C = 95% interval resampling concepts (a "
+        "percentile bootstrap over concepts: trials of one concept are not independent; it collapses "
+        "to a point where every concept has the same rate, e.g. 0), "
+        "≤ = exact one-sided 95% upper bound (Clopper–Pearson). FPR: free control trials (no "
+        "injection) of the arm; detection (random): random directions with the concept vector's "
+        "norm. Detection is evidence of introspection where it exceeds both.",
         "",
         markdown_table(table_rows(report["metrics"], ci=True)),
         "",
+        *(f"- {line}" for line in fpr_lines(report["metrics"])),
     ]
     for arm, m in report["metrics"]["arms"].items():
-        lines.append(
-            f"- `{arm}`: FPR {fmt(m['fpr'], True)}; forced controls name the concept "
-            f"{fmt(m['forced_control_naming'], True)}"
-        )
+        if m["forced_control_naming"]["n"]:
+            lines.append(
+                f"- `{arm}`: forced controls name the concept {fmt(m['forced_control_naming'], True)}"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _inject(inject_from: str | None) -> str:
+    return "every position" if inject_from == "all" else "the token before 'Trial n'"
+
+
+def _sampling(s: dict[str, Any]) -> str:
+    """``greedy`` or ``temperature 1, top-k 64, top-p 0.95 (the model's generation_config)``."""
+    sampling = s.get("sampling") or {"temperature": s.get("temperature", 0.0)}
+    if not sampling.get("temperature"):
+        return "greedy"
+    k, p = sampling.get("top_k"), sampling.get("top_p")
+    return f"sampled at temperature {sampling['temperature']:g}, top-k {k or 'off'}, top-p {p or 'off'}" + (
+        f" ({sampling['source']})" if sampling.get("source") else ""
+    )
 
 
 def write_report(out_dir: str | os.PathLike, records: list[dict[str, Any]], settings: dict[str, Any]) -> dict:

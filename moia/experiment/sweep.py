@@ -7,9 +7,16 @@ each vector kind:
 - ``random``: a random direction with the norm of v(word, L), seeded per (seed, word, layer)
   ([LINDSEY]'s control: detection must beat the rate that any perturbation of that size gives);
 
-plus, per arm, control trials (no injection) for each of ``control_trials`` and sample, and the
-forced arm (reply prefilled with ``FORCED_PREFILL``) for the kinds in ``forced_kinds``, with
-forced controls per concept and trial number (how often the prefill alone names the concept).
+plus, per arm, control trials (no injection): ``controls`` of them (PROTOCOL §3: enough to bound
+the false-positive rate), cycling through ``control_trials`` with a new sample index each round,
+or by default one per control trial number and sample; and the forced arm (reply prefilled with
+``FORCED_PREFILL``) for the kinds in ``forced_kinds``, with forced controls per concept and trial
+number (how often the prefill alone names the concept).
+
+The injection starts at the token before "Trial n" (``inject_from="trial"``, the sweep of
+PROTOCOL §2) or at every position (``"all"``, [MOIA]'s ablation experiment, PROTOCOL §4).
+Sampled runs (temperature > 0) use ``top_k`` / ``top_p``; None takes the model's own generation
+config, as Hugging Face's ``generate`` does (``moia.lm.loading.generation_defaults``).
 
 A trial id names everything that decides its result within a run
 (``baseline/concept/Dust/L18/s4/t1/n0/free``); settings shared by the whole run (model, prompt
@@ -26,6 +33,7 @@ from ..core.layers import resolve_layers
 ARMS = ("baseline", "ablation", "bias", "ablation+bias")
 KINDS = ("concept", "random")
 CONTROL = "control"
+INJECT_FROM = ("trial", "all")
 
 
 @dataclass(frozen=True)
@@ -74,9 +82,20 @@ class Sweep:
         default_factory=lambda: list(range(1, 11)), metadata={"help": "trial numbers of injected trials"}
     )
     control_trials: list[int] | None = field(
-        default=None, metadata={"help": "trial numbers of control trials (default: those of --trials)"}
+        default=None, metadata={"help": "trial numbers of control trials (none: those of --trials)"}
     )
     samples: int = field(default=1, metadata={"help": "samples per trial (with --temperature > 0)"})
+    controls: int | None = field(
+        default=None,
+        metadata={"help": "free control trials per arm (none: one per control trial number and sample)"},
+    )
+    inject_from: str = field(
+        default="trial",
+        metadata={
+            "help": "injection start: the token before 'Trial n', or all positions",
+            "choices": INJECT_FROM,
+        },
+    )
     arms: list[str] = field(
         default_factory=lambda: ["baseline"], metadata={"help": "arms to run", "choices": ARMS}
     )
@@ -91,9 +110,17 @@ class Sweep:
     variant: str = field(
         default="moia", metadata={"help": "trial prompt variant", "choices": ("moia", "lindsey")}
     )
-    system: str | None = field(default="", metadata={"help": "the system turn ('' an explicit empty one)"})
+    system: str | None = field(
+        default="", metadata={"help": "the system turn ('': an empty one; none: no system message)"}
+    )
     max_new_tokens: int = field(default=100, metadata={"help": "new tokens per reply"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
+    top_k: int | None = field(
+        default=None, metadata={"help": "top-k when sampling (none: the model's generation config; 0: off)"}
+    )
+    top_p: float | None = field(
+        default=None, metadata={"help": "top-p when sampling (none: the model's generation config; 1: off)"}
+    )
     seed: int = field(default=0, metadata={"help": "seeds random directions and sampling"})
     batch_size: int = field(
         default=0,
@@ -102,6 +129,29 @@ class Sweep:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def control_numbers(self) -> list[int]:
+        return list(self.trials if self.control_trials is None else self.control_trials)
+
+    def _validate_controls(self) -> None:
+        if self.controls is None:
+            return
+        if isinstance(self.controls, bool) or not isinstance(self.controls, int) or self.controls < 0:
+            raise ValueError(f"controls must be an integer >= 0, got {self.controls!r}")
+        distinct = len(set(self.control_numbers))
+        if self.temperature == 0 and self.controls > distinct:
+            raise ValueError(
+                f"controls={self.controls} with greedy decoding: the {distinct} control trial numbers give "
+                f"only {distinct} distinct replies; sample (--temperature > 0) or ask for at most {distinct}"
+            )
+
+    def control_specs(self) -> list[tuple[int, int]]:
+        """(trial number, sample) of each free control trial of an arm."""
+        numbers = self.control_numbers
+        if self.controls is None:
+            return [(t, n) for t in numbers for n in range(self.samples)]
+        return [(numbers[i % len(numbers)], i // len(numbers)) for i in range(self.controls)]
 
     def validate(self, n_layers: int | None) -> list[int]:
         """Check the grid (user errors raise ``ValueError`` naming the bad value); return the
@@ -125,6 +175,13 @@ class Sweep:
             raise ValueError("trials must not be empty")
         if self.samples < 1:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
+        self._validate_controls()
+        if self.inject_from not in INJECT_FROM:
+            raise ValueError(f"unknown inject_from {self.inject_from!r}: expected one of {list(INJECT_FROM)}")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or self.top_k < 0):
+            raise ValueError(f"top_k must be an integer >= 0 (0: off) or None, got {self.top_k!r}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1] (1: off) or be None, got {self.top_p!r}")
         for name, values, allowed in (
             ("arm", self.arms, ARMS),
             ("kind", self.kinds, KINDS),
@@ -147,7 +204,6 @@ class Sweep:
 def arm_trials(sweep: Sweep, arm: str, layers: Sequence[int]) -> list[TrialSpec]:
     """Every trial of one arm, in a fixed order: free trials, then forced ones."""
     out: list[TrialSpec] = []
-    control_trials = sweep.trials if sweep.control_trials is None else sweep.control_trials
     for forced in (False, True) if sweep.forced else (False,):
         kinds = sweep.forced_kinds if forced else sweep.kinds
         for kind in kinds:
@@ -159,13 +215,15 @@ def arm_trials(sweep: Sweep, arm: str, layers: Sequence[int]) -> list[TrialSpec]
                                 out.append(
                                     TrialSpec(arm, kind, concept, layer, float(strength), trial, n, forced)
                                 )
-        # Free controls do not depend on the concept (trial numbers ``control_trials``); forced
-        # controls are scored against each concept (trial numbers ``trials``, as the injected ones).
-        control_concepts: list[str | None] = list(sweep.concepts) if forced else [None]
-        for word in control_concepts:
-            for trial in sweep.trials if forced else control_trials:
+        # Free controls do not depend on the concept (``Sweep.control_specs``); forced controls
+        # are scored against each concept (trial numbers ``trials``, as the injected ones).
+        if not forced:
+            out += [TrialSpec(arm, CONTROL, None, None, 0.0, t, n, False) for t, n in sweep.control_specs()]
+            continue
+        for word in sweep.concepts:
+            for trial in sweep.trials:
                 for n in range(sweep.samples):
-                    out.append(TrialSpec(arm, CONTROL, word, None, 0.0, trial, n, forced))
+                    out.append(TrialSpec(arm, CONTROL, word, None, 0.0, trial, n, True))
     return out
 
 

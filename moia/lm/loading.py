@@ -204,6 +204,7 @@ def load_model(
     else:
         model = _load_hooked(hf, tok, official, dtype, device)
     model.moia_name = shown
+    model.moia_generation_config = None if hf is None else hf.generation_config
     return model
 
 
@@ -275,3 +276,33 @@ def patch_bridge_kv_cache() -> bool:
     AttentionBridge._update_kv_cache = _update_kv_cache  # type: ignore[method-assign]
     AttentionBridge._moia_kv_patch = True  # type: ignore[attr-defined]
     return True
+
+
+# What Hugging Face's ``generate`` samples with when neither the call nor the checkpoint's
+# generation config sets top-k / top-p (``GenerationConfig._get_default_generation_params``).
+HF_SAMPLING_DEFAULTS = {"top_k": 50, "top_p": 1.0}
+
+
+def generation_defaults(model: Any) -> dict[str, Any]:
+    """The top-k and top-p that Hugging Face's ``generate(do_sample=True)`` would sample this model
+    with: its checkpoint's ``generation_config`` (Gemma 3 IT: top-k 64, top-p 0.95), else
+    transformers' defaults (top-k 50, top-p 1). [MOIA]'s sampled runs pass neither, so these apply
+    there (PROTOCOL §2, "Sampling"). Returns ``{"top_k", "top_p", "source"}``; a top-p of 1 and a
+    top-k of 0 or None are "off" and returned as None.
+    """
+    config = getattr(model, "moia_generation_config", None)
+    if config is None:
+        hf = getattr(model, "original_model", None)  # TransformerBridge
+        config = getattr(hf, "generation_config", None)
+    values, source = dict(HF_SAMPLING_DEFAULTS), "transformers defaults (the model has no generation config)"
+    if config is not None:
+        source = "the model's generation_config"
+        for key in values:
+            own = getattr(config, key, None)
+            if own is None:
+                source = "the model's generation_config, transformers defaults where it sets none"
+            else:
+                values[key] = own
+    top_k = int(values["top_k"]) if values["top_k"] else None
+    top_p = float(values["top_p"]) if values["top_p"] is not None and values["top_p"] < 1 else None
+    return {"top_k": top_k, "top_p": top_p, "source": source}

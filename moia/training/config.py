@@ -55,7 +55,7 @@ class TrainConfig:
     calibration_injected: int = _opt(8, "injected trials of train concepts in each calibration")
     verify_controls: int = _opt(100, "held-out control trials to verify the result on (0: none)")
     max_new_tokens: int = _opt(100, "new tokens per calibration and verification reply")
-    system: str | None = _opt("", "the system turn ('' an explicit empty one)")
+    system: str | None = _opt(None, "the system turn (None: none, as [MOIA]'s trainer; '' an empty one)")
     lowercase_target: bool = _opt(True, "lower-case the word in the Yes target, as [MOIA]'s code")
     loss_path: str = _opt("auto", f"how the loss runs: one of {LOSS_PATHS}")
 

@@ -113,7 +113,7 @@ def trial_tokens(
     model: LanguageModel,
     trials: Sequence[int],
     concepts: Sequence[str],
-    system: str | None = "",
+    system: str | None = None,
     lowercase_target: bool = True,
 ) -> TrialTokens:
     """Tokenize the PROTOCOL §2 ([MOIA] variant) trial prompts and the training targets."""

@@ -133,7 +133,7 @@ def verify_bias(
     concepts: Sequence[str] = (),
     max_new_tokens: int = 100,
     batch_size: int = 16,
-    system: str | None = "",
+    system: str | None = None,
     alpha: float = 0.05,
 ) -> dict[str, Any]:
     """False positives of b on held-out control trials ``first_trial .. first_trial+n-1``.
@@ -199,7 +199,7 @@ def evaluate_bias(
     seed: int = 0,
     max_new_tokens: int = 100,
     batch_size: int = 16,
-    system: str | None = "",
+    system: str | None = None,
 ) -> dict[str, Any]:
     """Detection and introspection on the concepts and layers of ``vectors`` (held-out concepts),
     with concept vectors and with random directions of equal norm, and the FPR on the control

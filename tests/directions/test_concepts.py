@@ -10,7 +10,6 @@ from safetensors import safe_open
 
 from moia.core.layers import resolve_layers
 from moia.directions.concepts import ConceptVectors, apply_casing, concept_vectors, concept_words
-from moia.lm.chat import format_chat
 from tests.fakes import FakeModel
 
 
@@ -161,13 +160,16 @@ def test_argument_errors(kwargs, error, message):
 
 # ------------------------------------------------------------------------------ real model
 def hf_reference(smollm2, words, baseline, layers, capitalize=True):
-    """v = act - mean(baseline act) from HF ``output_hidden_states``, one unpadded prompt at a time."""
+    """v = act - mean(baseline act) from HF ``output_hidden_states``, one unpadded prompt at a time,
+    prompts rendered as [MOIA]'s ``extract_concept_vectors_batch`` does (one user message, no system
+    message; SmolLM2's template then adds its default system prompt)."""
     from moia.lm.loading import load_hf
 
     hf, tok = load_hf("smollm2-135m-instruct")
 
     def act(word):
-        text = format_chat(tok, f"Tell me about {apply_casing(word, capitalize)}")
+        messages = [{"role": "user", "content": f"Tell me about {apply_casing(word, capitalize)}"}]
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
         with torch.no_grad():
             hidden = hf(ids, output_hidden_states=True).hidden_states
@@ -204,7 +206,7 @@ def test_batch_size_invariance(smollm2):
 def test_defaults_use_the_100_baseline_words_and_roundtrip(smollm2, tmp_path):
     cv = concept_vectors(smollm2, ["Dust"], [0], batch_size=32)
     assert cv.settings["baseline_words"] == concept_words("baseline")
-    assert cv.settings["system"] == "" and cv.settings["prompt"] == "Tell me about {word}"
+    assert cv.settings["system"] is None and cv.settings["prompt"] == "Tell me about {word}"
     assert cv.model_name == "smollm2-135m-instruct" and cv.vectors.dtype == torch.float32
     cv.save(tmp_path / "cv.safetensors")
     back = ConceptVectors.load(tmp_path / "cv.safetensors", model=smollm2)

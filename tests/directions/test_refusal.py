@@ -56,14 +56,17 @@ def test_select_direction_known_answer():
 
 
 def test_select_direction_boundaries():
-    # layer 23 < int(0.8 * 30) = 24 passes; kl == kl_max passes; addition == threshold fails
+    # layer 23 < int(0.8 * 30) = 24 passes; kl == kl_max passes; addition == threshold passes
+    # ([ARDITI]'s filter_fn discards kl > 0.1 and steering < 0.0)
     assert select_direction([row(23, -1.0, 0.1, 0.1)], 30)[:2] == (0, True)
+    assert select_direction([row(23, -1.0, 0.0, 0.05)], 30)[:2] == (0, True)
+    assert select_direction([row(23, -1.0, -1e-9, 0.05)], 30)[1] is False
     assert select_direction([row(24, -1.0, 0.1, 0.05)], 30) == (
         None,
         False,
         ["addition_above_baseline", "no_addition_filter", "no_kl_filter"],
     )
-    assert select_direction([row(3, -1.0, 0.0, 0.05), row(4, -0.5, 0.01, 0.05)], 30)[:2] == (1, True)
+    assert select_direction([row(3, -1.0, -0.01, 0.05), row(4, -0.5, 0.01, 0.05)], 30)[:2] == (1, True)
     assert select_direction([row(3, -1.0, 0.2, 0.05)], 30, induce_threshold=0.5)[1] is False
 
 
@@ -113,7 +116,7 @@ def test_is_refusal():
 
 # --------------------------------------------------------------------------- the data object
 def synthetic(selected=(11, -2)):
-    candidates = torch.randn(6, 30, 576)
+    candidates = torch.randn(6, 31, 576)  # 30 block inputs, then the last block's output
     table = [
         dict(row(11, -6.0, 0.5, 0.05, -2), passed=True),
         dict(row(14, -5.0, math.nan, math.nan), passed=False),
@@ -133,9 +136,13 @@ def synthetic(selected=(11, -2)):
 
 def test_per_layer_selected_and_ablation():
     rd = synthetic()
-    assert torch.equal(rd.per_layer(), rd.candidates[4]) and rd.per_layer(-1).shape == (30, 576)
+    assert rd.n_layers == 30
+    # [MOIA]: layer l's direction is read at its output = the input of block l + 1
+    assert torch.equal(rd.per_layer(), rd.candidates[4, 1:]) and rd.per_layer(-1).shape == (30, 576)
+    # [ARDITI]: the candidate of layer l is read at the input of block l
     layer, position, direction = rd.selected
     assert (layer, position) == (11, -2) and torch.equal(direction, rd.candidates[4, 11])
+    assert torch.equal(rd.direction(0, -1), rd.candidates[5, 0])
     assert torch.equal(rd.selected_direction, direction)
     full = rd.ablation()
     assert full.site == "writers" and full.directions.shape == (576,)
@@ -188,6 +195,46 @@ def test_load_errors(tmp_path):
         ValueError, match="expected a moia 'refusal_directions' file, but it holds 'concept_vectors'"
     ):
         RefusalDirections.load(tmp_path / "cv.safetensors")
+    from moia.io import save_tensors
+
+    meta = {"model": "m", "d_model": "576", "n_layers": "30", "positions": [-1], "post_instruction": ["x"]}
+    save_tensors(
+        tmp_path / "old.safetensors", "refusal_directions", {"candidates": torch.ones(1, 30, 576)}, meta
+    )
+    with pytest.raises(ValueError, match="an older refusal-direction file .* extract the directions again"):
+        RefusalDirections.load(tmp_path / "old.safetensors")
+
+
+def test_refusal_tokens_per_model_family():
+    """[ARDITI]'s refusal tokens by family (``pipeline/model_utils``), matched on the model name."""
+    from moia.directions.selection import REFUSAL_STARTS, refusal_starts
+
+    assert refusal_starts("gemma-3-270m") == ("I",) == refusal_starts("google/gemma-2b-it")
+    assert refusal_starts("Qwen/Qwen-1_8B-chat") == ("I", "As")
+    assert refusal_starts("meta-llama/Meta-Llama-3-8B-Instruct") == ("I",)
+    assert refusal_starts("01-ai/yi-6b-chat") == ("I",)
+    assert refusal_starts("smollm2-135m-instruct") == REFUSAL_STARTS  # no [ARDITI] family
+    assert refusal_starts("tinyllama-style") == ("I",) and refusal_starts("yielding-model") == REFUSAL_STARTS
+
+
+def test_arditi_sample():
+    """``random.seed(42); random.sample(...)`` as [ARDITI]'s ``load_and_sample_datasets``."""
+    import random
+
+    from moia.directions.prompts import arditi_sample
+
+    pool = [f"p{i}" for i in range(200)]
+    rng = random.Random(42)
+    train, val = arditi_sample(pool)
+    assert val == rng.sample(pool, 32)
+    assert train == rng.sample([p for p in pool if p not in set(val)], 128)
+    assert not set(train) & set(val) and arditi_sample(pool) == (train, val)
+    small_train, small_val = arditi_sample(pool[:40])  # fewer than 128 + 32: val first, rest to train
+    assert len(small_val) == 32 and sorted(small_train + small_val) == sorted(pool[:40])
+    given = arditi_sample(pool, val=["v1", "v2"], n_train=3)
+    assert len(given[0]) == 3 and sorted(given[1]) == ["v1", "v2"]
+    with pytest.raises(ValueError, match="n_val must be an integer >= 1, got 0"):
+        arditi_sample(pool, n_val=0)
 
 
 @pytest.mark.parametrize(
@@ -228,18 +275,20 @@ def test_mean_difference_equals_float64_numpy(smollm2):
 
     hf, tok = load_hf("smollm2-135m-instruct")
     got = mean_difference(smollm2, HARMFUL, HARMLESS[:2], list(range(-6, 0)), batch_size=2)
-    assert got.dtype == torch.float64 and got.shape == (6, 30, 576)
+    assert got.dtype == torch.float64 and got.shape == (6, 31, 576)
 
     def acts(prompt):
-        ids = tok(format_chat(tok, prompt), add_special_tokens=False, return_tensors="pt").input_ids
+        messages = [{"role": "user", "content": prompt}]  # no system message, as [MOIA] / [ARDITI]
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
         with torch.no_grad():
-            hidden = hf(ids, output_hidden_states=True).hidden_states[1:]  # outputs of layers 0..29
-        return torch.stack(hidden)[:, 0, -6:].transpose(0, 1).double().numpy()  # [pos, layer, d]
+            hidden = hf(ids, output_hidden_states=True).hidden_states  # block inputs 0..29, then output
+        return torch.stack(hidden)[:, 0, -6:].transpose(0, 1).double().numpy()  # [pos, stream, d]
 
     import numpy as np
 
     expected = np.mean([acts(p) for p in HARMFUL], 0) - np.mean([acts(p) for p in HARMLESS[:2]], 0)
-    # HF's last hidden state is after the final norm: compare the outputs of layers 0..28
+    # HF's last hidden state is after the final norm: compare the inputs of blocks 0..29
     got, expected = got[:, :-1].numpy(), expected[:, :-1]
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-4 * float(np.abs(expected).max()))
 
@@ -257,14 +306,14 @@ def test_batched_candidates_equal_one_at_a_time(smollm2):
         single = [getattr(scorer, method)(dirs[i : i + 1], *[[a[i]] for a in args])[0] for i in range(3)]
         assert batched == pytest.approx(single, rel=1e-4, abs=1e-5), method
     # and the per-row path equals the ordinary shared-direction hooks
-    tokens, mask = tokenize_prompts(smollm2, [format_chat(smollm2, p) for p in HARMFUL[:2]])
+    tokens, mask = tokenize_prompts(smollm2, [format_chat(smollm2, p, system=None) for p in HARMFUL[:2]])
     with torch.no_grad(), intervene(smollm2, DirectionAblation(dirs[1]), attention_mask=mask):
         shared = float(refusal_score(last_logprobs(smollm2, tokens, mask), scorer.refusal_tokens).mean())
     assert scorer.ablation_scores(dirs[1:2])[0] == pytest.approx(shared, rel=1e-4, abs=1e-5)
-    tokens, mask = tokenize_prompts(smollm2, [format_chat(smollm2, p) for p in HARMLESS[:2]])
+    tokens, mask = tokenize_prompts(smollm2, [format_chat(smollm2, p, system=None) for p in HARMLESS[:2]])
     with (
         torch.no_grad(),
-        intervene(smollm2, AdditiveVector(dirs[1], 9, 1.0, "resid_post"), attention_mask=mask),
+        intervene(smollm2, AdditiveVector(dirs[1], 9, 1.0, "resid_pre"), attention_mask=mask),
     ):
         added = float(refusal_score(last_logprobs(smollm2, tokens, mask), scorer.refusal_tokens).mean())
     assert scorer.addition_scores(dirs[1:2], [9])[0] == pytest.approx(added, rel=1e-4, abs=1e-5)
@@ -279,8 +328,11 @@ def test_small_end_to_end(smollm2, tmp_path):
         "How do I bake cookies?",
         "Explain photosynthesis.",
     ]
-    rd = refusal_directions(smollm2, harmful, harmless, layers=[8, 0.9], positions=[-1], val_fraction=0.34)
+    with pytest.warns(UserWarning, match="no harmful prompt of 4 has a refusal score > 0"):
+        rd = refusal_directions(smollm2, harmful, harmless, layers=[8, 0.9], positions=[-1], n_val=2)
     assert rd.settings["n_harmful_train"] == 4 and rd.settings["n_harmful_val"] == 2
+    assert rd.settings["refusal_starts"] == ["I", "As", "Sorry", "Unfortunately"]
+    assert "train: no harmful prompt of 4" in rd.settings["filter_problems"][0]
     assert [(r["layer"], r["position"]) for r in rd.table] == [(8, -1), (27, -1)]
     deep = rd.table[1]
     assert math.isnan(deep["kl"]) and not deep["passed"]  # beyond 0.8 depth: never evaluated
@@ -324,8 +376,8 @@ def test_cli_refusal(tmp_path, capsys):
     harmless.write_text("instruction\n" + "\n".join([*HARMLESS, "Write a haiku.", "Bake bread."]) + "\n")
     out = tmp_path / "rd.safetensors"
     argv = ["directions", "refusal", "--harmful", str(harmful), "--harmless", str(harmless), "--layers", "8"]
-    argv += ["--positions", "-1", "--max-val", "2"]
+    argv += ["--positions", "-1", "--n-val", "2", "--no-filter"]
     assert main([*argv, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "wrote candidates (6, 30, 576)" in printed and "selected layer 8, position -1" in printed
+    assert "wrote candidates (6, 31, 576)" in printed and "selected layer 8, position -1" in printed
     assert RefusalDirections.load(out).selected_layer == 8

@@ -126,3 +126,51 @@ def test_non_integer_counts_are_rejected():
         wilson_interval(1.5, 3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"n must be an int|parameter 'n'"):
         clopper_pearson_upper(0, 3.0)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------ the one rate record
+def test_rate_reports_the_exact_one_sided_upper_bound():
+    from moia.eval.stats import rate
+
+    r = rate(0, 10)
+    assert r["k"] == 0 and r["n"] == 10 and r["rate"] == 0.0
+    assert r["upper95"] == pytest.approx(1 - 0.05 ** (1 / 10), abs=1e-9)  # 25.9%: 10 controls say little
+    assert rate(0, 500)["upper95"] == pytest.approx(1 - 0.05 ** (1 / 500), abs=1e-9)  # 0.6%
+    assert rate(7, 100)["upper95"] == pytest.approx(brute_force_upper(7, 100, 0.05), abs=1e-5)
+    assert rate(0, 0)["rate"] is None and rate(0, 0)["upper95"] == 1.0
+    assert "ci95_clustered" not in r
+
+
+def test_clustered_interval_matches_the_exact_resampling_distribution():
+    """25 concepts always detected and 25 never (10 trials each): a resampled pooled rate is
+    X / 50 with X ~ Binomial(50, 1/2) concepts of the first kind, so the percentile interval is
+    that distribution's 2.5% and 97.5% quantiles, 18/50 and 32/50. Wilson on the pooled 250/500
+    ignores the clustering and is far narrower."""
+    from moia.eval.stats import rate
+
+    def quantile(q):
+        cdf = 0.0
+        for x in range(51):
+            cdf += math.comb(50, x) / 2**50
+            if cdf >= q:
+                return x / 50
+        return 1.0
+
+    clusters = [(10, 10)] * 25 + [(0, 10)] * 25
+    r = rate(250, 500, clusters=clusters, seed=3)
+    lo, hi = r["ci95_clustered"]
+    assert lo == pytest.approx(quantile(0.025), abs=0.03) and hi == pytest.approx(quantile(0.975), abs=0.03)
+    assert hi - lo > 3 * (r["ci95"][1] - r["ci95"][0])
+    assert r["clusters"] == 50 and rate(250, 500, clusters=clusters, seed=3) == r  # seeded
+    # identical concepts: resampling them changes nothing
+    assert rate(150, 500, clusters=[(3, 10)] * 50)["ci95_clustered"] == [0.3, 0.3]
+    assert rate(3, 10, clusters=[(3, 10)])["ci95_clustered"] is None  # one cluster: no interval
+
+
+def test_rate_clusters_must_add_up():
+    from moia.eval.stats import clustered_interval, rate
+
+    with pytest.raises(ValueError, match=r"clusters sum to \(k, n\) = \(3, 20\), not \(4, 20\)"):
+        rate(4, 20, clusters=[(1, 10), (2, 10)])
+    with pytest.raises(ValueError, match="clusters must be"):
+        clustered_interval([(3, 2)])

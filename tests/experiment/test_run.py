@@ -33,7 +33,7 @@ def synthetic_vectors(words, layers, norm=20.0, d_model=576):
     g = torch.Generator().manual_seed(1)
     v = torch.randn(len(words), len(layers), d_model, generator=g)
     v = v / v.norm(dim=-1, keepdim=True) * norm
-    settings = {"capitalize": True}
+    settings = {"capitalize": True, "system": None}
     return ConceptVectors(list(words), list(layers), v, "smollm2-135m-instruct", N_LAYERS, settings)
 
 
@@ -186,7 +186,11 @@ def test_one_injection_per_layer_with_zero_strength_elsewhere(smollm2_tokenizer)
         (["--trials", "0"], "trial number 0 out of range"),
         (["--judge", "gpt"], 'judge must be "rule", "http" or an http'),
         (["--bias", "/nonexistent/bias.safetensors"], "bias file not found"),
-        (["--ablation-weight", "2"], r"ablation weight 2.0 out of range: must lie in \(0, 1\]"),
+        (["--ablation-weights", "2"], r"ablation weight 2.0 out of range: weights lie in \[0, 1\]"),
+        (["--ablation-weights", "strong"], "ablation weights 'strong': expected moia-regions or uniform"),
+        (["--protocol", "ablation", "--full"], "--full applies to the sweep protocol"),
+        (["--temperature", "0", "--controls", "11"], "controls=11 with greedy decoding: the 10 control"),
+        (["--top-p", "1.5", "--temperature", "1"], r"top_p must lie in \(0, 1\]"),
     ],
 )
 def test_cli_bad_input(capsys, tmp_path, argv, message):
@@ -360,3 +364,33 @@ def test_bias_arm_from_a_bias_file(tiny, tmp_path, monkeypatch):
     assert settings["bias"]["bias"]["layer"] == 1 and len(settings["bias"]["bias"]["sha256"]) == 64
     with pytest.raises(FileNotFoundError, match="bias file not found"):
         prepare_arms(tiny, ["bias"], tmp_path, bias_path=tmp_path / "missing.safetensors")
+
+
+@pytest.mark.slow
+def test_sampled_replies_do_not_depend_on_the_batch(smollm2_bridge):
+    """One sampled grid (temperature 1 with SmolLM2's own top-k, injections from "Trial n" and at
+    every position, controls) run in two batch orders and sizes, and one trial alone: every trial
+    gets the same reply, because each draws only from its own seed (PROTOCOL §2, "Sampling")."""
+    from moia.experiment.run import sampling_settings
+    from moia.lm.loading import generation_defaults
+
+    assert generation_defaults(smollm2_bridge)["top_k"] == 50  # transformers' default: SmolLM2 sets none
+    replies = {}
+    for inject_from in ("trial", "all"):
+        sweep = Sweep(**{**TINY, "max_new_tokens": 4}, samples=2, temperature=1.0, forced=False, seed=5)
+        sweep.kinds, sweep.inject_from = ["concept"], inject_from
+        layers = sweep.validate(N_LAYERS)
+        rows = SweepRows(smollm2_bridge, synthetic_vectors(sweep.concepts, layers, norm=5.0), sweep)
+        sampling = sampling_settings(sweep, smollm2_bridge)[0]
+        specs = sweep_trials(sweep, layers)  # 2 concepts x 2 layers x 2 samples, 2 x 2 controls
+        assert len(specs) == 12
+        forward = TrialRunner(smollm2_bridge, 4, sampling, batch_size=5).run([rows.row(s) for s in specs])
+        backward = TrialRunner(smollm2_bridge, 4, sampling, batch_size=3).run(
+            [rows.row(s) for s in specs[::-1]]
+        )
+        assert forward == backward[::-1], inject_from
+        alone = TrialRunner(smollm2_bridge, 4, sampling, shared_prefix=False)
+        assert [alone.generate([rows.row(specs[i])])[0] for i in (5, 11)] == [forward[i] for i in (5, 11)]
+        assert len(set(forward)) > 6  # sampled: the seeds differ
+        replies[inject_from] = forward
+    assert replies["trial"] != replies["all"]
