@@ -110,12 +110,10 @@ def build_sweep(args: argparse.Namespace) -> Sweep:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..core.model import device_of
     from ..eval.judge import make_judge
-    from ..experiment.arms import NO_BIAS, cached_concept_vectors, prepare_arms
+    from ..experiment.arms import NO_BIAS
     from ..experiment.report import fpr_lines, table_rows, text_table, write_report
     from ..experiment.results import TRIALS, read_trials
-    from ..experiment.run import run_sweep
     from ..experiment.sweep import sweep_trials
 
     t0 = time.perf_counter()
@@ -138,7 +136,42 @@ def run(args: argparse.Namespace) -> int:
     if not sweep.arms:
         raise ValueError("no arm left to run")
     if args.workers is not None:
-        return run_with_workers(args, sweep, skipped)
+        outcome = run_with_workers(args, sweep, ablation, out)
+    else:
+        outcome = run_here(args, sweep, ablation, judge, out, t0)
+    layers = outcome.pop("layer_indices")
+    ids = {s.id for s in sweep_trials(sweep, layers)}
+    records = [r for r in read_trials(out / TRIALS) if r["id"] in ids]
+    settings = {
+        "model": outcome.pop("model"),
+        "protocol": args.protocol,
+        "grid": "full" if args.full or args.protocol != "sweep" else "quick",
+        **sweep.as_dict(),
+        "layer_indices": layers,
+        **outcome,
+        "skipped_arms": skipped,
+    }
+    report = write_report(out, records, settings)
+    print(text_table(table_rows(report["metrics"])))
+    for line in fpr_lines(report["metrics"]):
+        print(line)
+    wall = time.perf_counter() - t0
+    pool = settings.get("workers")
+    workers = f" on {pool['count']} workers ({pool['replaced']} replaced)" if pool else ""
+    print(
+        f"{settings['trials_run']} trials run{workers}, {settings['trials_resumed']} resumed, in "
+        f"{wall:.0f} s; report: {out / 'report.md'}, {', '.join(report['heatmaps'])}"
+    )
+    return 0
+
+
+def run_here(
+    args: argparse.Namespace, sweep: Sweep, ablation: AblationSpec, judge: Any, out: pathlib.Path, t0: float
+) -> dict[str, Any]:
+    """The single-process run: load the model, prepare the arms, run the trials; the report's
+    settings that come from the run (``run_with_workers`` returns the same keys)."""
+    from ..experiment.arms import cached_concept_vectors, prepare_arms
+    from ..experiment.run import arm_run_settings, run_sweep
 
     model = load_model_from_args(args)
     layers = sweep.validate(int(model.cfg.n_layers))
@@ -146,38 +179,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"moia reproduce: {args.model}, layers {layers}, output {out}", flush=True)
     vectors = cached_concept_vectors(model, sweep.concepts, layers, out, capitalize=not args.lowercase)
     interventions, arm_settings, _ = prepare_arms(model, sweep.arms, out, ablation, args.bias)
-    run_settings = {
-        "backend": args.backend,
-        "dtype": args.dtype,
-        "device": device_of(model).type,  # where the model is, not what was asked for
-        "judge": args.judge if args.judge == "rule" else f"{args.judge} ({getattr(judge, 'model', '?')})",
-        "concept_vectors": {"capitalize": not args.lowercase, "system": None},
-        "arms": arm_settings,
-    }
+    run_settings = arm_run_settings(
+        model, args.backend, args.dtype, args.judge, judge, not args.lowercase, arm_settings
+    )
     t_prep = time.perf_counter() - t0
     summary = run_sweep(model, sweep, out, vectors, interventions, judge, run_settings)
-    ids = {s.id for s in sweep_trials(sweep, layers)}
-    records = [r for r in read_trials(out / TRIALS) if r["id"] in ids]
-    settings = {
+    return {
         "model": getattr(model, "moia_name", args.model),
-        "protocol": args.protocol,
-        "grid": "full" if args.full or args.protocol != "sweep" else "quick",
-        **sweep.as_dict(),
         "layer_indices": layers,
         "sampling": summary.sampling,
         **run_settings,
-        "skipped_arms": skipped,
         "timing_s": {"preparation": round(t_prep, 1), "trials": round(summary.seconds, 1)},
         "trials_run": summary.ran,
         "trials_resumed": summary.already,
     }
-    report = write_report(out, records, settings)
-    print(text_table(table_rows(report["metrics"])))
-    for line in fpr_lines(report["metrics"]):
-        print(line)
-    wall = time.perf_counter() - t0
-    print(
-        f"{summary.ran} trials run, {summary.already} resumed, in {wall:.0f} s; report: "
-        f"{out / 'report.md'}, {', '.join(report['heatmaps'])}"
-    )
-    return 0

@@ -130,6 +130,47 @@ class RunSummary:
     sampling: dict[str, Any] = field(default_factory=dict)  # as ``sampling_settings`` records it
 
 
+def recorded_settings(
+    model: LanguageModel, sweep: Sweep, run_settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What ``run.json`` records for ``sweep`` on ``model`` and checks on resume: the model, the
+    sweep's settings that change a trial's reply, the sampling actually used, and ``run_settings``.
+    A single process and a sharded run (``moia.experiment.shards``) record the same."""
+    return {
+        "model": model_name(model),
+        **{
+            k: v
+            for k, v in sweep.as_dict().items()
+            if k in ("variant", "system", "max_new_tokens", "temperature", "seed", "inject_from")
+        },
+        "sampling": sampling_settings(sweep, model)[1],
+        **(run_settings or {}),
+    }
+
+
+def arm_run_settings(
+    model: LanguageModel,
+    backend: str,
+    dtype: str,
+    judge_name: str,
+    judge: Judge,
+    capitalize: bool,
+    arm_settings: dict[str, Any],
+) -> dict[str, Any]:
+    """The run-wide settings of ``moia reproduce`` (backend, dtype, where the model is, the judge,
+    how concept vectors were read, each arm's configuration), the same with or without workers."""
+    from ..core.model import device_of
+
+    return {
+        "backend": backend,
+        "dtype": dtype,
+        "device": device_of(model).type,  # where the model is, not what was asked for
+        "judge": judge_name if judge_name == "rule" else f"{judge_name} ({getattr(judge, 'model', '?')})",
+        "concept_vectors": {"capitalize": capitalize, "system": None},
+        "arms": arm_settings,
+    }
+
+
 def run_sweep(
     model: LanguageModel,
     sweep: Sweep,
@@ -166,17 +207,7 @@ def run_sweep(
             except KeyError as e:
                 raise ValueError(f"the concept vectors do not cover the sweep: {e}") from None
     sampling, sampling_record = sampling_settings(sweep, model)
-    settings = {
-        "model": model_name(model),
-        **{
-            k: v
-            for k, v in sweep.as_dict().items()
-            if k in ("variant", "system", "max_new_tokens", "temperature", "seed", "inject_from")
-        },
-        "sampling": sampling_record,
-        **(run_settings or {}),
-    }
-    check_run_settings(out_dir, settings)
+    check_run_settings(out_dir, recorded_settings(model, sweep, run_settings))
     path = f"{out_dir}/{TRIALS}"
     done = {r["id"] for r in read_trials(path)}
     rows = SweepRows(model, vectors, sweep)

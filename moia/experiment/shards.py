@@ -35,7 +35,7 @@ from ..core.model import device_of, model_name
 from ..io import write_text
 from .arms import AblationSpec, cached_concept_vectors, prepare_arms
 from .results import TRIALS, append_trials, check_run_settings, read_trials
-from .run import run_sweep
+from .run import arm_run_settings, recorded_settings, run_sweep
 from .sweep import Sweep, TrialSpec, arm_trials
 
 SHARDS = "shards"
@@ -105,14 +105,9 @@ class SweepWorker:
         )
         judge = make_judge(job.judge)
         self.ready = (vectors, interventions, judge)
-        self.run_settings = {
-            "backend": job.backend,
-            "dtype": job.dtype,
-            "device": device_of(model).type,
-            "judge": job.judge if job.judge == "rule" else f"{job.judge} ({getattr(judge, 'model', '?')})",
-            "concept_vectors": {"capitalize": job.capitalize},
-            "arms": arm_settings,
-        }
+        self.run_settings = arm_run_settings(
+            model, job.backend, job.dtype, job.judge, judge, job.capitalize, arm_settings
+        )
         prompts = TrialPrompts(model, job.sweep.variant, job.sweep.system)
         numbers = {*job.sweep.trials, *(job.sweep.control_trials or [])}
         longest = max(prompts.get(t, f).n_tokens for t in numbers for f in (False, True))
@@ -121,6 +116,7 @@ class SweepWorker:
             "layers": layers,
             "model": model_name(model),
             "run_settings": self.run_settings,
+            "settings": recorded_settings(model, job.sweep, self.run_settings),
             "batch_size": batch,
         }
 
@@ -215,12 +211,7 @@ def drive(
     handles = {k: pool.start(k) for k in range(workers)}  # each loads its model meanwhile
     info = pool.result(pool.call(handles[0], "prepare"))  # extracts and caches vectors, directions
     layers, batch = info["layers"], int(info["batch_size"])
-    shared = ("variant", "system", "max_new_tokens", "temperature", "seed")
-    settings = {  # what run_sweep records for a single process
-        "model": info["model"],
-        **{k: v for k, v in job.sweep.as_dict().items() if k in shared},
-        **info["run_settings"],
-    }
+    settings = info["settings"]  # what a single process records (run.recorded_settings)
     check_run_settings(job.out, settings)
     order = [s.id for s in sweep_trials(job.sweep, layers)]
     merge_shards(job.out, order, remove=False)  # a resumed run: what the last run's workers finished

@@ -47,7 +47,8 @@ class FakeWorker:
         (shard_dir(job.out, index) / "worker.json").write_text('{"pid": 1}')  # as SweepWorker does
 
     def prepare(self):
-        return {"layers": LAYERS, "model": "fake", "run_settings": {"device": "cpu"}, "batch_size": 5}
+        settings = {"model": "fake", "device": "cpu"}  # as run.recorded_settings
+        return {"layers": LAYERS, "model": "fake", "settings": settings, "batch_size": 5}
 
     def run(self, ids, batch_size):
         path = shard_dir(self.job.out, self.index) / TRIALS
