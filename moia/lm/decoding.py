@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..core.compile import intervene
 from ..core.interventions import Intervention
-from ..core.model import LanguageModel, device_of, hf_model, is_bridge, n_layers
+from ..core.model import LanguageModel, device_of, hf_model, n_layers, wraps_hf
 from .chat import Messages, format_chat, stop_token_ids
 
 
@@ -112,10 +112,10 @@ class Stepper:
     """
 
     def __init__(self, model: LanguageModel, batch: int = 1) -> None:
-        self.model, self.bridge = model, is_bridge(model)
+        self.model, self.on_hf = model, wraps_hf(model)
         self.mask: Tensor | None = None  # [batch, positions so far]
         device = device_of(model)
-        if self.bridge:
+        if self.on_hf:
             from transformers import DynamicCache
 
             self.hf = hf_model(model)
@@ -134,7 +134,7 @@ class Stepper:
         self.mask = mask if self.mask is None else torch.cat([self.mask, mask], dim=1)
         check_context(self.model, self.mask.shape[1])
         k = 1 if keep is None else keep
-        if self.bridge:
+        if self.on_hf:
             out = self.hf(
                 input_ids=tokens,
                 attention_mask=self.mask,
@@ -159,7 +159,7 @@ class Stepper:
         """Repeat the batch-1 cache ``batch`` times."""
         assert self.mask is not None and self.mask.shape[0] == 1, "repeat a batch-1 cache after a forward"
         self.mask = self.mask.expand(batch, -1)
-        if self.bridge:
+        if self.on_hf:
             self.cache.batch_repeat_interleave(batch)
             return
         for entry in self.cache.entries:
@@ -180,7 +180,7 @@ def final_logits(
 ) -> Float[Tensor, "batch keep vocab"]:
     """Logits of the last ``keep`` positions of a left-padded batch, in one uncached forward that
     unembeds only those positions (with whatever interventions are installed)."""
-    if is_bridge(model):
+    if wraps_hf(model):
         hf = hf_model(model)
         out = hf(input_ids=tokens, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=keep)
         return out.logits[:, -keep:]  # type: ignore[no-any-return]

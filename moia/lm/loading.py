@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import torch
 
-Backend = Literal["hooked", "bridge"]
+Backend = Literal["hooked", "bridge", "hf"]
 
 
 @dataclass(frozen=True)
@@ -156,13 +156,15 @@ def load_model(
     Args:
         name: an embedded model (``available_models()``), a local HF model directory, or a
             TransformerLens official model name.
-        backend: ``"hooked"`` for ``HookedTransformer`` (transformer-lens < 4) or ``"bridge"`` for
-            ``TransformerBridge``.
+        backend: ``"hooked"`` for ``HookedTransformer`` (transformer-lens < 4), ``"bridge"`` for
+            ``TransformerBridge``, or ``"hf"`` for the Hugging Face model itself with moia's hook
+            sites as torch hooks on its modules (``moia.lm.native.NativeModel``: no TransformerLens
+            in the forward; embedded models and local directories only).
         dtype, device: where and in which precision the returned model lives (device None: cuda
             if available, else cpu; a device this torch cannot use is an error).
     """
-    if backend not in ("hooked", "bridge"):
-        raise ValueError(f"backend must be 'hooked' or 'bridge', got {backend!r}")
+    if backend not in ("hooked", "bridge", "hf"):
+        raise ValueError(f"backend must be 'hooked', 'bridge' or 'hf', got {backend!r}")
     device = resolve_device(device)
     if name in EMBEDDED_MODELS or pathlib.Path(name).is_dir():
         hf, tok = load_hf(name)
@@ -171,7 +173,16 @@ def load_model(
         hf, tok, official = None, None, name
     else:
         raise _unknown_model(name)
-    if backend == "bridge":
+    if backend == "hf":
+        if hf is None:
+            raise ValueError(
+                f"backend='hf' loads embedded models and local directories; {name!r} is a "
+                "TransformerLens name (use backend='bridge' or 'hooked')"
+            )
+        from .native import NativeModel
+
+        model = NativeModel(hf.to(device=device, dtype=dtype), tok, name)
+    elif backend == "bridge":
         model = _load_bridge(hf, tok, official, dtype, device)
     else:
         model = _load_hooked(hf, tok, official, dtype, device)
