@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..kernels import PreparedIntervention, prepare_intervention, run_prepared
+from ..kernels import PreparedIntervention, apply_prepared, prepare_intervention, run_prepared, uses_kernel
 from .interventions import Intervention, SiteOp
 from .linalg import orthonormal_rows
 from .model import LanguageModel
@@ -89,6 +89,7 @@ class SiteHook:
         self, name: str, ops: list[SiteOp], state: PositionState, track: bool, like: "SiteHook | None" = None
     ) -> None:
         self.name, self.state, self.track = name, state, track
+        self.run: Any = None  # the op's runner, chosen on the first call (kernel or twin)
         if like is not None:  # the same ops at another hook point: share what was stacked there
             self.directions, self.weights, self.bias = like.directions, like.weights, like.bias
             self.live_biases, self.injections = like.live_biases, like.injections
@@ -121,7 +122,7 @@ class SiteHook:
         if self.track:
             self.state.on_forward(x.shape[1])
         prepared = self.prepared
-        if prepared is not None and prepared.static is None and not self.extra:
+        if prepared is not None and prepared.is_identity and not self.extra:
             return x  # the position tracker alone: nothing to do to x
         if prepared is None:  # live biases: restack the (small) operands on every call
             bias = self.bias
@@ -132,7 +133,9 @@ class SiteHook:
                 bias = term if bias is None else bias + term
             prepared = self._prepare(bias)
         starts = self._injection(self.injections[0], x) if self.injections else None
-        out = run_prepared(x, prepared, starts)
+        if self.run is None:
+            self.run = run_prepared if uses_kernel(x, prepared) else apply_prepared
+        out = self.run(x, prepared, starts)
         for op, extra in zip(self.injections[1:], self.extra, strict=True):
             out = run_prepared(out, extra, self._injection(op, x))
         return out

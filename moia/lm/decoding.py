@@ -34,6 +34,7 @@ from ..core.compile import intervene
 from ..core.interventions import Intervention
 from ..core.model import LanguageModel, device_of, hf_model, n_layers, wraps_hf
 from .chat import Messages, format_chat, stop_token_ids
+from .native import execution_model
 
 
 # ------------------------------------------------------------------------------- tokens
@@ -316,9 +317,15 @@ def generate_tokens(
     max_new_tokens: int = 100,
     sampling: Sampling = GREEDY,
     seeds: Sequence[int] | None = None,
+    native: bool | None = None,
 ) -> list[list[int]]:
-    """Generate from left-padded ``tokens``; returns each row's new token ids, stop token excluded."""
+    """Generate from left-padded ``tokens``; returns each row's new token ids, stop token excluded.
+
+    ``native``: run on the model's native twin (``moia.lm.native``; None: ``NATIVE_BY_DEFAULT``
+    where the model wraps a Hugging Face model). The tokens are the same either way (tested).
+    """
     _check_generation(max_new_tokens, sampling, seeds, tokens.shape[0])
+    model = execution_model(model, native)
     stepper = Stepper(model, tokens.shape[0])
     with intervene(model, *interventions, attention_mask=attention_mask) as state:
         state.manual = True  # prefill, then one-token steps: offsets follow the tokens fed
@@ -336,6 +343,7 @@ def generate_shared_prefix(
     max_new_tokens: int = 100,
     sampling: Sampling = GREEDY,
     seeds: Sequence[int] | None = None,
+    native: bool | None = None,
 ) -> list[list[int]]:
     """Generate from prompts ``prefix + suffixes[i]``, running the prefix once; new ids per row.
 
@@ -348,7 +356,9 @@ def generate_shared_prefix(
             the prefix.
         per_row: interventions that may differ per row (``ConceptInjection``); they must not act
             inside the prefix (their starts must be >= its length).
+        native: as ``generate_tokens``.
     """
+    model = execution_model(model, native)
     if not prefix or not suffixes or any(not s for s in suffixes):
         raise ValueError("the prefix and every suffix must hold at least one token")
     _check_generation(max_new_tokens, sampling, seeds, len(suffixes))
@@ -383,6 +393,7 @@ def generate(
     seed: int | Sequence[int] | None = None,
     system: str | None = "",
     prefill: str | None = None,
+    native: bool | None = None,
 ) -> list[str]:
     """Chat-format ``prompts``, generate a batch with the interventions active, decode the replies.
 
@@ -395,6 +406,8 @@ def generate(
         seed: with sampling, row i uses ``seed + i`` (default 0), or one seed per row (a list).
         system: the system turn ("" an explicit empty one, None none; ``moia.lm.chat``).
         prefill: text that starts every reply (not included in the returned text).
+        native: run on the native path (HF modules with torch hooks, ``moia.lm.native``); None:
+            ``NATIVE_BY_DEFAULT`` where the model wraps a Hugging Face model. Same replies.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -405,6 +418,13 @@ def generate(
     tokens, mask = tokenize_prompts(model, texts, device_of(model))
     seeds = None if sampling.greedy else row_seeds(0 if seed is None else seed, len(texts))
     new = generate_tokens(
-        model, tokens, mask, *interventions, max_new_tokens=max_new_tokens, sampling=sampling, seeds=seeds
+        model,
+        tokens,
+        mask,
+        *interventions,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        seeds=seeds,
+        native=native,
     )
     return [model.tokenizer.decode(ids, skip_special_tokens=True) for ids in new]

@@ -164,6 +164,7 @@ def hook_points(hf: Any) -> dict[str, NativeHookPoint]:
     """TransformerLens hook names -> the native hook points of ``hf`` (see the module docstring)."""
     embed, layers = _decoder_layers(hf)
     points = {"hook_embed": NativeHookPoint("hook_embed", embed, "output")}
+    layer: Any
     for i, layer in enumerate(layers):
         sandwich = hasattr(layer, "post_feedforward_layernorm")  # Gemma 2/3: norms after the writers
         attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
