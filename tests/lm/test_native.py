@@ -207,12 +207,14 @@ def test_hooks_contexts_remove_only_their_own(llama):
     ):
         raise RuntimeError("boom")
     assert all(not p._handles for p in native.hook_dict.values()) and native.context_level == 0
-    with pytest.raises(ValueError, match="unknown hook name 'blocks.9.hook_resid_post'"):
-        with native.hooks(fwd_hooks=[("blocks.9.hook_resid_post", record("x"))]):
-            pass
-    with pytest.raises(NotImplementedError, match="forward hooks only"):
-        with native.hooks(bwd_hooks=[(name, record("x"))]):
-            pass
+    unknown = [("blocks.9.hook_resid_post", record("x"))]
+    with (
+        pytest.raises(ValueError, match="unknown hook name 'blocks.9.hook_resid_post'"),
+        native.hooks(unknown),
+    ):
+        pass
+    with pytest.raises(NotImplementedError, match="forward hooks only"), native.hooks(bwd_hooks=unknown):
+        pass
 
 
 def test_native_twin_of_a_bridge_shares_its_weights_and_leaves_it_alone(gemma):
@@ -226,8 +228,8 @@ def test_native_twin_of_a_bridge_shares_its_weights_and_leaves_it_alone(gemma):
     assert ours and ours <= {p.data_ptr() for p in bridge.original_model.parameters()}
     tokens, mask = _batch()
     fired: list[str] = []
-    with native.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: fired.append(hook.name))]):
-        with torch.no_grad():
-            theirs = bridge(tokens, attention_mask=mask)[mask.bool()]
+    spy = [("blocks.0.hook_resid_post", lambda x, hook: fired.append(hook.name))]
+    with native.hooks(fwd_hooks=spy), torch.no_grad():
+        theirs = bridge(tokens, attention_mask=mask)[mask.bool()]
     assert not fired  # a hook on the native twin does not act on the bridge
     assert (_logits(native, [], tokens, mask) - theirs).abs().max() <= TOL
