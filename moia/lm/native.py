@@ -358,8 +358,12 @@ def native_model(model: LanguageModel) -> NativeModel:
 
 
 def execution_model(model: LanguageModel, native: bool | None = None) -> LanguageModel:
-    """The model a generation runs on: ``native_model(model)`` when ``native`` (None: the default,
-    ``NATIVE_BY_DEFAULT``, where the model wraps an HF model), else ``model`` itself."""
+    """The model a generation runs on: ``native_model(model)`` when ``native``, else ``model``.
+
+    ``native=None`` is the default: ``NATIVE_BY_DEFAULT``, for a model that wraps an HF model and
+    is not inside a hooks context of its own (``context_level > 0``: a caller's hooks on the bridge
+    must see the run, and they would not on the native twin).
+    """
     if native is None:
-        native = NATIVE_BY_DEFAULT and wraps_hf(model)
+        native = NATIVE_BY_DEFAULT and wraps_hf(model) and not getattr(model, "context_level", 0)
     return native_model(model) if native else model

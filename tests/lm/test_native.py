@@ -145,6 +145,23 @@ def test_the_switch_runs_the_bridge_natively(gemma):
     assert ours == generate_tokens(bridge, tokens, mask, *ivs, max_new_tokens=6, native=False)
 
 
+def test_the_default_keeps_a_bridge_with_hooks_of_its_own(gemma, monkeypatch):
+    """With the native default on, a bridge inside a hooks context stays on the bridge, so the
+    caller's hooks see the run."""
+    import moia.lm.native as native_module
+
+    native, bridge = gemma
+    monkeypatch.setattr(native_module, "NATIVE_BY_DEFAULT", True)
+    assert execution_model(bridge) is native
+    seen: list[int] = []
+    spy = [("blocks.0.hook_resid_post", lambda x, hook: seen.append(x.shape[1]))]
+    tokens, mask = _batch()
+    with bridge.hooks(fwd_hooks=spy):
+        assert execution_model(bridge) is bridge
+        generate_tokens(bridge, tokens, mask, max_new_tokens=3)
+    assert seen[0] == tokens.shape[1] and len(seen) >= 2  # the prefill and the decode steps
+
+
 def test_the_native_path_needs_an_hf_model(llama):
     with pytest.raises(TypeError, match="needs a model that wraps a Hugging Face model"):
         native_model(llama[1])
