@@ -37,8 +37,9 @@ from torch import Tensor, nn
 
 from ..core.model import LanguageModel, is_bridge, wraps_hf
 
-# The lead flips this once the benchmarks support it (benchmarks/RESULTS.md, "Native path").
-NATIVE_BY_DEFAULT = False
+# Generation runs a model that wraps an HF model (TransformerBridge) on its native twin unless told
+# otherwise: the same tokens (tests/lm/test_native*.py) at HF speed (benchmarks/RESULTS.md, "Peers").
+NATIVE_BY_DEFAULT = True
 
 
 @dataclass

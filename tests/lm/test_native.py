@@ -123,12 +123,12 @@ def test_generation_equals_the_transformer_lens_path(request, arch):
     sampled = dict(sampling=Sampling(1.0, top_k=20), seeds=[5, 6, 7])
     for kwargs in ({}, sampled):
         ours = generate_tokens(native, tokens, mask, *ivs, max_new_tokens=6, **kwargs)
-        theirs = generate_tokens(reference, tokens, mask, *ivs, max_new_tokens=6, **kwargs)
+        theirs = generate_tokens(reference, tokens, mask, *ivs, max_new_tokens=6, native=False, **kwargs)
         assert ours == theirs and sum(map(len, ours)) > 9
     prefix, suffixes = [5, 6, 7, 8], [[9, 10], [11], [12, 13, 14]]
     inj = moia.ConceptInjection(torch.randn(3, 64), 1, torch.tensor([3.0, 0.0, 2.0]), torch.tensor([4, 4, 5]))
     runs = [
-        generate_shared_prefix(m, prefix, suffixes, ivs[:2], [inj], max_new_tokens=6)
+        generate_shared_prefix(m, prefix, suffixes, ivs[:2], [inj], max_new_tokens=6, native=m is native)
         for m in (native, reference)
     ]
     assert runs[0] == runs[1]
@@ -136,7 +136,8 @@ def test_generation_equals_the_transformer_lens_path(request, arch):
 
 def test_the_switch_runs_the_bridge_natively(gemma):
     native, bridge = gemma
-    assert execution_model(bridge) is bridge  # the default (NATIVE_BY_DEFAULT) is off for now
+    assert execution_model(bridge) is native  # the default (NATIVE_BY_DEFAULT)
+    assert execution_model(bridge, native=False) is bridge
     assert execution_model(bridge, native=True) is native
     assert execution_model(native, native=False) is native  # a NativeModel has no other path
     tokens, mask = _batch()
@@ -145,13 +146,9 @@ def test_the_switch_runs_the_bridge_natively(gemma):
     assert ours == generate_tokens(bridge, tokens, mask, *ivs, max_new_tokens=6, native=False)
 
 
-def test_the_default_keeps_a_bridge_with_hooks_of_its_own(gemma, monkeypatch):
-    """With the native default on, a bridge inside a hooks context stays on the bridge, so the
-    caller's hooks see the run."""
-    import moia.lm.native as native_module
-
+def test_the_default_keeps_a_bridge_with_hooks_of_its_own(gemma):
+    """A bridge inside a hooks context stays on the bridge, so the caller's hooks see the run."""
     native, bridge = gemma
-    monkeypatch.setattr(native_module, "NATIVE_BY_DEFAULT", True)
     assert execution_model(bridge) is native
     seen: list[int] = []
     spy = [("blocks.0.hook_resid_post", lambda x, hook: seen.append(x.shape[1]))]
