@@ -1,7 +1,11 @@
 """Sweep throughput: trials/s of one batched call against one trial at a time, same trials, same replies.
 
     pytest benchmarks/bench_sweep.py --benchmark-enable -s [--benchmark-json out.json]
-    MOIA_BENCH_BACKEND=bridge pytest benchmarks/bench_sweep.py ...   # TransformerBridge
+    MOIA_BENCH_BACKEND=hooked pytest benchmarks/bench_sweep.py ...   # HookedTransformer
+
+The default backend is ``moia reproduce``'s: the TransformerBridge, whose generation runs on its
+native twin (HF modules with torch hooks, ``moia.lm.native``); ``hooked`` measures the
+TransformerLens path.
 
 32 injected-thought trials of SmolLM2-135M (concept and random vectors at two layers and two
 strengths, controls, forced trials; trial numbers 1..4) with 16 new tokens each:
@@ -28,11 +32,12 @@ import torch
 from moia.directions.concepts import ConceptVectors
 from moia.experiment.run import SweepRows
 from moia.experiment.sweep import Sweep, TrialSpec
+from moia.lm.native import execution_model
 from moia.trials.runner import TrialRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 BATCH, NEW_TOKENS, N_SOLO = 32, 16, 8
-BACKEND = os.environ.get("MOIA_BENCH_BACKEND", "hooked")
+BACKEND = os.environ.get("MOIA_BENCH_BACKEND", "bridge")
 LAYERS, STRENGTHS, WORDS = (12, 18), (4.0, 8.0), ("Dust", "Oceans")
 
 
@@ -96,6 +101,7 @@ def test_batched_sweep_vs_one_trial_at_a_time(benchmark, model):
         "ratio_batched_vs_one_at_a_time": rates["batched"] / rates["one_at_a_time"],
         "ratio_no_shared_prefix_vs_one_at_a_time": rates["batched_no_shared_prefix"] / rates["one_at_a_time"],
         "backend": BACKEND,
+        "runs_on": type(execution_model(model)).__name__,
         "batch": BATCH,
         "new_tokens": NEW_TOKENS,
         "threads": torch.get_num_threads(),
