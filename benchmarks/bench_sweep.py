@@ -70,9 +70,12 @@ def _trials() -> list[TrialSpec]:
     return (controls + mixed)[:BATCH]
 
 
-def _timed(fn):
-    start = time.perf_counter()
+def _timed(fn, cpu: list[float] | None = None):
+    """fn's result and wall seconds; its process CPU seconds appended to ``cpu``."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     out = fn()
+    if cpu is not None:
+        cpu.append(time.process_time() - start_cpu)
     return out, time.perf_counter() - start
 
 
@@ -82,13 +85,17 @@ def test_batched_sweep_vs_one_trial_at_a_time(benchmark, model):
     shared = TrialRunner(model, max_new_tokens=NEW_TOKENS)
     plain = TrialRunner(model, max_new_tokens=NEW_TOKENS, shared_prefix=False)
     plain.generate(specs[:1])  # warm up
-    batched = benchmark.pedantic(lambda: shared.generate(specs), rounds=1, iterations=1)
+    cpu: list[float] = []  # CPU seconds of batched, no shared prefix, one at a time
+    batched = benchmark.pedantic(
+        lambda: _timed(lambda: shared.generate(specs), cpu)[0], rounds=1, iterations=1
+    )
     if benchmark.stats is not None:
         t_batched = benchmark.stats.stats.mean
     else:  # --benchmark-disable: time it here
-        batched, t_batched = _timed(lambda: shared.generate(specs))
-    no_prefix, t_no_prefix = _timed(lambda: plain.generate(specs))
-    solo, t_solo = _timed(lambda: [plain.generate([s])[0] for s in specs[:N_SOLO]])
+        cpu.clear()
+        batched, t_batched = _timed(lambda: shared.generate(specs), cpu)
+    no_prefix, t_no_prefix = _timed(lambda: plain.generate(specs), cpu)
+    solo, t_solo = _timed(lambda: [plain.generate([s])[0] for s in specs[:N_SOLO]], cpu)
     assert solo == batched[:N_SOLO] == no_prefix[:N_SOLO]
     assert no_prefix == batched
     rates = {
@@ -100,6 +107,10 @@ def test_batched_sweep_vs_one_trial_at_a_time(benchmark, model):
         "trials_per_s": rates,
         "ratio_batched_vs_one_at_a_time": rates["batched"] / rates["one_at_a_time"],
         "ratio_no_shared_prefix_vs_one_at_a_time": rates["batched_no_shared_prefix"] / rates["one_at_a_time"],
+        # the same ratio from process CPU time: on a shared machine, load changes wall time between
+        # the three runs (timed one after the other), CPU time much less
+        "cpu_ratio_batched_vs_one_at_a_time": (cpu[2] / N_SOLO) / (cpu[0] / BATCH),
+        "cpu_ratio_no_shared_prefix_vs_one_at_a_time": (cpu[2] / N_SOLO) / (cpu[1] / BATCH),
         "backend": BACKEND,
         "runs_on": type(execution_model(model)).__name__,
         "batch": BATCH,
