@@ -8,6 +8,11 @@ records the fraction of the card's peak bandwidth.
 
     pytest benchmarks/bench_ops.py --benchmark-enable [--benchmark-json out.json]
 
+On CPU, glibc's allocator hands tensors over ~128 KB back to the kernel when they are freed, so an op
+that makes several new temporaries of a 1 MB activation pays page faults for each (on this machine
+that, not arithmetic, made the naive chains 10–50× slower than the twin at 8×64×576). To time the
+arithmetic alone, run with ``MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=1073741824``.
+
 Decode shapes (8×1×d) are launch-bound: there the numbers measure per-call hook overhead. On CPU
 the kernel variant is skipped (it needs CUDA), and so are the two large GPU shapes.
 """
