@@ -8,6 +8,11 @@ records the fraction of the card's peak bandwidth.
 
     pytest benchmarks/bench_ops.py --benchmark-enable [--benchmark-json out.json]
 
+On CPU, glibc's allocator hands tensors over ~128 KB back to the kernel when they are freed, so an op
+that makes several new temporaries of a 1 MB activation pays page faults for each (on this machine
+that, not arithmetic, made the naive chains 10–50× slower than the twin at 8×64×576). To time the
+arithmetic alone, run with ``MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=1073741824``.
+
 Decode shapes (8×1×d) are launch-bound: there the numbers measure per-call hook overhead. On CPU
 the kernel variant is skipped (it needs CUDA), and so are the two large GPU shapes.
 """
@@ -116,3 +121,55 @@ def test_intervention_op(benchmark, shape: tuple[int, int, int], variant: str) -
     peak = _peak_bytes_per_s()
     if peak is not None:
         benchmark.extra_info["fraction_of_peak_bandwidth"] = bytes_moved / mean / peak
+
+
+def user_chain(x, directions, bias, vectors, strengths, starts, weights=None):
+    """The op as a user writes it in one TransformerLens hook: ``x @ r`` for the coefficient (a
+    matrix-vector product), not ``intervention_naive``'s elementwise product and sum over a
+    per-row copy of r."""
+    r = directions[0]
+    mask = (torch.arange(x.shape[1], device=x.device)[None, :] >= starts[:, None])[..., None]
+    return x - (x @ r)[..., None] * r + bias + mask * (strengths[:, None] * vectors)[:, None, :]
+
+
+def interleaved_medians(shape: tuple[int, int, int], rounds: int = 200, inner: int = 20) -> dict[str, float]:
+    """Median seconds per call of twin, naive chain, user chain and copy on one shape, timed in
+    interleaved rounds (every round runs each variant ``inner`` times, in a fresh random order), so
+    that load on a shared machine falls on all of them alike."""
+    import random
+    import statistics
+    import time
+
+    inputs = _inputs(shape)
+    ops = {v: _op(v) for v in ("twin", "naive", "copy")}
+    ops["user"] = user_chain
+    runs = {v: _synced(lambda op=op: op(**inputs)) for v, op in ops.items()}
+    times: dict[str, list[float]] = {v: [] for v in runs}
+    for run in runs.values():
+        run()
+    for _ in range(rounds):
+        for name in random.sample(list(runs), len(runs)):
+            t = time.perf_counter()
+            for _ in range(inner):
+                runs[name]()
+            times[name].append((time.perf_counter() - t) / inner)
+    return {v: statistics.median(ts) for v, ts in times.items()}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_op_interleaved(benchmark, shape: tuple[int, int, int]) -> None:
+    """Twin vs naive chain vs user chain vs copy, interleaved (``extra_info``: medians, ratios);
+    the three ops must agree."""
+    inputs = _inputs(shape)
+    twin = intervention_reference(**inputs)
+    for other in (intervention_naive(**inputs), user_chain(**inputs)):
+        assert (other - twin).abs().max() <= 1e-3 * twin.abs().max()
+    medians = interleaved_medians(shape)
+    benchmark.extra_info.update(
+        {f"{v}_us": round(s * 1e6, 2) for v, s in medians.items()},
+        naive_over_twin=medians["naive"] / medians["twin"],
+        user_over_twin=medians["user"] / medians["twin"],
+        twin_over_copy=medians["twin"] / medians["copy"],
+        threads=torch.get_num_threads(),
+    )
+    benchmark.pedantic(lambda: None, rounds=1)

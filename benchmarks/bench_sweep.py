@@ -1,7 +1,11 @@
 """Sweep throughput: trials/s of one batched call against one trial at a time, same trials, same replies.
 
     pytest benchmarks/bench_sweep.py --benchmark-enable -s [--benchmark-json out.json]
-    MOIA_BENCH_BACKEND=bridge pytest benchmarks/bench_sweep.py ...   # TransformerBridge
+    MOIA_BENCH_BACKEND=hooked pytest benchmarks/bench_sweep.py ...   # HookedTransformer
+
+The default backend is ``moia reproduce``'s: the TransformerBridge, whose generation runs on its
+native twin (HF modules with torch hooks, ``moia.lm.native``); ``hooked`` measures the
+TransformerLens path.
 
 32 injected-thought trials of SmolLM2-135M (concept and random vectors at two layers and two
 strengths, controls, forced trials; trial numbers 1..4) with 16 new tokens each:
@@ -28,11 +32,12 @@ import torch
 from moia.directions.concepts import ConceptVectors
 from moia.experiment.run import SweepRows
 from moia.experiment.sweep import Sweep, TrialSpec
+from moia.lm.native import execution_model
 from moia.trials.runner import TrialRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 BATCH, NEW_TOKENS, N_SOLO = 32, 16, 8
-BACKEND = os.environ.get("MOIA_BENCH_BACKEND", "hooked")
+BACKEND = os.environ.get("MOIA_BENCH_BACKEND", "bridge")
 LAYERS, STRENGTHS, WORDS = (12, 18), (4.0, 8.0), ("Dust", "Oceans")
 
 
@@ -65,9 +70,12 @@ def _trials() -> list[TrialSpec]:
     return (controls + mixed)[:BATCH]
 
 
-def _timed(fn):
-    start = time.perf_counter()
+def _timed(fn, cpu: list[float] | None = None):
+    """fn's result and wall seconds; its process CPU seconds appended to ``cpu``."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     out = fn()
+    if cpu is not None:
+        cpu.append(time.process_time() - start_cpu)
     return out, time.perf_counter() - start
 
 
@@ -77,13 +85,17 @@ def test_batched_sweep_vs_one_trial_at_a_time(benchmark, model):
     shared = TrialRunner(model, max_new_tokens=NEW_TOKENS)
     plain = TrialRunner(model, max_new_tokens=NEW_TOKENS, shared_prefix=False)
     plain.generate(specs[:1])  # warm up
-    batched = benchmark.pedantic(lambda: shared.generate(specs), rounds=1, iterations=1)
+    cpu: list[float] = []  # CPU seconds of batched, no shared prefix, one at a time
+    batched = benchmark.pedantic(
+        lambda: _timed(lambda: shared.generate(specs), cpu)[0], rounds=1, iterations=1
+    )
     if benchmark.stats is not None:
         t_batched = benchmark.stats.stats.mean
     else:  # --benchmark-disable: time it here
-        batched, t_batched = _timed(lambda: shared.generate(specs))
-    no_prefix, t_no_prefix = _timed(lambda: plain.generate(specs))
-    solo, t_solo = _timed(lambda: [plain.generate([s])[0] for s in specs[:N_SOLO]])
+        cpu.clear()
+        batched, t_batched = _timed(lambda: shared.generate(specs), cpu)
+    no_prefix, t_no_prefix = _timed(lambda: plain.generate(specs), cpu)
+    solo, t_solo = _timed(lambda: [plain.generate([s])[0] for s in specs[:N_SOLO]], cpu)
     assert solo == batched[:N_SOLO] == no_prefix[:N_SOLO]
     assert no_prefix == batched
     rates = {
@@ -95,7 +107,12 @@ def test_batched_sweep_vs_one_trial_at_a_time(benchmark, model):
         "trials_per_s": rates,
         "ratio_batched_vs_one_at_a_time": rates["batched"] / rates["one_at_a_time"],
         "ratio_no_shared_prefix_vs_one_at_a_time": rates["batched_no_shared_prefix"] / rates["one_at_a_time"],
+        # the same ratio from process CPU time: on a shared machine, load changes wall time between
+        # the three runs (timed one after the other), CPU time much less
+        "cpu_ratio_batched_vs_one_at_a_time": (cpu[2] / N_SOLO) / (cpu[0] / BATCH),
+        "cpu_ratio_no_shared_prefix_vs_one_at_a_time": (cpu[2] / N_SOLO) / (cpu[1] / BATCH),
         "backend": BACKEND,
+        "runs_on": type(execution_model(model)).__name__,
         "batch": BATCH,
         "new_tokens": NEW_TOKENS,
         "threads": torch.get_num_threads(),

@@ -82,12 +82,20 @@ def fused_intervention(
     return _run_kernel(module, x, directions, weights, bias, vectors, strengths, starts)
 
 
+def uses_kernel(x: Tensor, prepared: PreparedIntervention) -> bool:
+    """Whether ``run_prepared`` sends this ``x`` with these operands to the Triton kernel (else the
+    twin runs). A hook decides this once, on its first call, and then calls ``apply_prepared``
+    directly on the CPU: the decision costs more than the op at decode shapes."""
+    p = prepared
+    return _kernel(x, p.directions, p.weights, p.vectors, p.strengths) is not None
+
+
 def run_prepared(
     x: Float[Tensor, "batch pos d_model"],
     prepared: PreparedIntervention,
     starts: Int[Tensor, " batch"] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
-    """``fused_intervention`` with the constant operands stacked once by ``prepare_intervention``."""
+    """``fused_intervention`` with the constant operands prepared once by ``prepare_intervention``."""
     p = prepared
     module = _kernel(x, p.directions, p.weights, p.vectors, p.strengths)
     if module is None:
@@ -105,4 +113,5 @@ __all__ = [
     "intervention_reference",
     "prepare_intervention",
     "run_prepared",
+    "uses_kernel",
 ]

@@ -10,10 +10,14 @@ and (V_i, s_i, t0_i) a per-row injection with its own start. ``starts`` are posi
 coordinates* (the caller has already shifted them by the row's left padding and, in cached
 decoding, by the position of x[:, 0]); a start <= 0 injects everywhere, a start >= pos nowhere.
 
-Cost: the coefficients x @ Rᵀ read x once; every additive term is then folded into a single
-batched ``baddbmm`` (x + C @ M with C = [x·R, 1, mask] and M = [-w R; b; s V]) that reads x once
-more and writes the output once -- about 1.5x the traffic of a copy, against ~5 passes for the
-naive ``x - (x @ r)[..., None] * r + b`` chain.
+Cost, for x of N elements: the coefficients x @ Rᵀ read x once; one ``addmm`` (``baddbmm`` when
+something is per row) reads x and writes the ablated output; the bias and the masked injection are
+added to that output in place (``add_``, ``addcmul_``: one read and write each, but no new
+tensor). The naive chain (``intervention_naive``) makes about 7k + 6 passes. Where several terms are
+present a single ``baddbmm`` of C = [x·R, 1, mask] against M = [-w R; b; s V] does it in three passes,
+but building C (a ones column, a ``cat``) costs more in dispatch than the extra pass saves at the
+shapes moia runs (decode steps of a few KB and prompts of a few MB): measured with interleaved
+rounds in ``benchmarks/bench_ops.py``.
 """
 
 from dataclasses import dataclass
@@ -25,18 +29,20 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class PreparedIntervention:
-    """The op's constant operands, stacked once (per hook, not per call).
-
-    ``static`` holds the additive rows of M for every row of the batch -- ``[-w R; b; s V]`` --
-    so that a call only computes the coefficient columns C = [x·R, 1, mask] and one ``baddbmm``.
-    """
+    """The op's constant operands, in the form the op uses them (made once per hook, not per call)."""
 
     directions: Tensor | None  # (k, d) shared or (B, k, d) per row, k >= 1
     weights: Tensor | None  # (k,) or (B, k)
     bias: Tensor | None  # (d,)
     vectors: Tensor | None  # (n, d), n = batch or 1
     strengths: Tensor | None  # (n,)
-    static: Tensor | None  # (n_rows, m, d) with n_rows = 1 unless something is per row
+    project: Tensor | None  # Rᵀ: (d, k), or (B, d, k) with per-row directions
+    ablate: Tensor | None  # -w R: (k, d), or (B, k, d) when directions or weights are per row
+    scaled: Tensor | None  # s V: (n, 1, d)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.ablate is None and self.bias is None and self.scaled is None
 
 
 def prepare_intervention(
@@ -46,29 +52,22 @@ def prepare_intervention(
     vectors: Tensor | None = None,
     strengths: Tensor | None = None,
 ) -> PreparedIntervention:
-    """Stack the constant operands of the op (see the module docstring) once."""
+    """Cast the constant operands of the op (see the module docstring) into the form it uses, once."""
     if directions is not None and directions.shape[-2] == 0:
         directions = weights = None
     if vectors is not None and strengths is None:
         raise ValueError("vectors needs strengths and starts")
-    blocks: list[Tensor] = []
+    project = ablate = scaled = None
     if directions is not None:
         w = torch.ones(directions.shape[:-1], dtype=directions.dtype, device=directions.device)
         if weights is not None:
             w = w * weights.to(directions.dtype)
-        blocks.append(-(w[..., None] * directions))  # (k, d) or (B, k, d)
-    if bias is not None:
-        blocks.append(bias[None, :])
+        ablate = -(w[..., None] * directions)  # (k, d) or (B, k, d)
+        project = directions.transpose(-1, -2).contiguous()
     if vectors is not None:
         assert strengths is not None
-        blocks.append((strengths[:, None] * vectors)[:, None, :])  # (n, 1, d)
-    static = None
-    if blocks:
-        rows = max(b.shape[0] if b.dim() == 3 else 1 for b in blocks)
-        as3 = [b if b.dim() == 3 else b[None].expand(rows, -1, -1) for b in blocks]
-        as3 = [b.expand(rows, -1, -1) for b in as3]
-        static = torch.cat(as3, dim=1).contiguous()
-    return PreparedIntervention(directions, weights, bias, vectors, strengths, static)
+        scaled = (strengths[:, None] * vectors)[:, None, :]  # (n, 1, d)
+    return PreparedIntervention(directions, weights, bias, vectors, strengths, project, ablate, scaled)
 
 
 def apply_prepared(
@@ -76,25 +75,25 @@ def apply_prepared(
     p: PreparedIntervention,
     starts: Int[Tensor, " batch"] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
-    """``x + C @ M`` with the precomputed M: two reads of x and one write."""
+    """The op with the prepared operands: a new tensor (x is never written)."""
     batch, pos, d_model = x.shape
-    if p.static is None:
-        return x.clone()
-    cols: list[Tensor] = []
-    if p.directions is not None:
-        r = p.directions
-        cols.append(torch.bmm(x, r.transpose(1, 2)) if r.dim() == 3 else x @ r.T)  # (B, T, k)
+    out = None
+    if p.ablate is not None and p.project is not None:
+        if p.ablate.dim() == 2:  # shared: (B·T, d) @ (d, k), then one addmm over every row
+            flat = x.reshape(-1, d_model)
+            out = torch.addmm(flat, flat @ p.project, p.ablate).view(batch, pos, d_model)
+        else:  # per row: the coefficients (B, T, k), then one batched addmm
+            coeff = torch.bmm(x, p.project) if p.project.dim() == 3 else x @ p.project
+            out = torch.baddbmm(x, coeff, p.ablate.expand(batch, -1, -1))
     if p.bias is not None:
-        cols.append(x.new_ones(1, 1, 1).expand(batch, pos, 1))
-    if p.vectors is not None:
+        out = x + p.bias if out is None else out.add_(p.bias)
+    if p.scaled is not None:
         if starts is None:
             raise ValueError("vectors needs strengths and starts")
         t = torch.arange(pos, device=x.device)
-        cols.append((t[None, :, None] >= starts[:, None, None]).to(x.dtype))  # (B, T, 1)
-    c = torch.cat(cols, dim=2) if len(cols) > 1 else cols[0]  # (B, T, m)
-    if p.static.shape[0] == 1:  # nothing per row: one (B*T, m) @ (m, d) matmul
-        return torch.addmm(x.reshape(-1, d_model), c.reshape(-1, c.shape[-1]), p.static[0]).view_as(x)
-    return torch.baddbmm(x, c, p.static.expand(batch, -1, -1))
+        mask = t[None, :, None] >= starts[:, None, None]  # (B, T, 1)
+        out = torch.addcmul(x, mask, p.scaled) if out is None else out.addcmul_(mask, p.scaled)
+    return x.clone() if out is None else out
 
 
 def intervention_reference(

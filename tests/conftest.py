@@ -70,6 +70,25 @@ def smollm2_any(request):
 
 
 @pytest.fixture(scope="session")
+def smollm2_hf():
+    return _load("smollm2-135m-instruct", "hf")
+
+
+@pytest.fixture(scope="session")
+def gemma_hf():
+    return _load("gemma-3-270m", "hf")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dirs(tmp_path_factory):
+    """{"llama": dir, "gemma": dir}: tiny random HF models that every backend loads (tests/tiny_hf.py)."""
+    from tests.tiny_hf import save_tiny
+
+    root = tmp_path_factory.mktemp("tiny_hf")
+    return {kind: str(save_tiny(kind, root / kind)) for kind in ("llama", "gemma")}
+
+
+@pytest.fixture(scope="session")
 def tiny():
     """A 2-layer random HookedTransformer (d_model 64) for fast unit tests without a tokenizer."""
     if not HAS_HOOKED:

@@ -28,9 +28,9 @@ def add_model_options(parser: argparse.ArgumentParser, backend: str = "hooked") 
     )
     parser.add_argument(
         "--backend",
-        choices=("hooked", "bridge"),
+        choices=("hooked", "bridge", "hf"),
         default=backend,
-        help=f"HookedTransformer or TransformerBridge (default {backend})",
+        help=f"HookedTransformer, TransformerBridge, or the HF model with native hooks (default {backend})",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default float32)")

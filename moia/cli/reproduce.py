@@ -45,7 +45,7 @@ def add_parser(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_options(p, backend="bridge")  # the bridge: same numerics, about twice as fast on CPU
+    add_model_options(p, backend="bridge")  # generation runs on its native twin: HF speed (RESULTS.md)
     p.add_argument("--protocol", choices=PROTOCOLS, default="sweep", help="what to run (default: sweep)")
     p.add_argument("--out", help="output folder (default runs/<protocol>-<model>[-full])")
     p.add_argument("--full", action="store_true", help="the sweep's full grid instead of the quick one")

@@ -1,8 +1,9 @@
 """Compile interventions into one hook per hook point, and install them.
 
 ``fwd_hooks(model, *interventions)`` returns a plain TransformerLens ``fwd_hooks`` list;
-``intervene(model, *interventions)`` installs it through ``model.hooks`` for a ``with`` block (nested
-contexts remove only their own hooks, also after an exception).
+``intervene(model, *interventions)`` installs it for a ``with`` block at a new context level, as
+TransformerLens' ``model.hooks`` does (nested contexts remove only their own hooks, also after an
+exception). Compiling stacks each distinct op once, however many hook points share it.
 
 Positions. ``ConceptInjection(start=...)`` counts positions of each *unpadded* prompt. A shared
 ``PositionState`` turns them into positions of the tensor a hook sees: it adds the row's left
@@ -20,11 +21,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..kernels import PreparedIntervention, prepare_intervention, run_prepared
+from ..kernels import PreparedIntervention, apply_prepared, prepare_intervention, run_prepared, uses_kernel
 from .interventions import Intervention, SiteOp
 from .linalg import orthonormal_rows
 from .model import LanguageModel
-from .sites import hook_name
+from .sites import hook_name, hook_point
 
 
 @dataclass
@@ -76,8 +77,24 @@ class SiteHook:
     stacked once here; a call only shifts the injection starts and runs the op.
     """
 
-    def __init__(self, name: str, ops: list[SiteOp], state: PositionState, track: bool) -> None:
+    directions: Tensor | None
+    weights: Tensor | None
+    bias: Tensor | None
+    live_biases: list[tuple[Tensor, float]]
+    injections: list[SiteOp]
+    prepared: PreparedIntervention | None
+    extra: list[PreparedIntervention]
+
+    def __init__(
+        self, name: str, ops: list[SiteOp], state: PositionState, track: bool, like: "SiteHook | None" = None
+    ) -> None:
         self.name, self.state, self.track = name, state, track
+        self.run: Any = None  # the op's runner, chosen on the first call (kernel or twin)
+        if like is not None:  # the same ops at another hook point: share what was stacked there
+            self.directions, self.weights, self.bias = like.directions, like.weights, like.bias
+            self.live_biases, self.injections = like.live_biases, like.injections
+            self.prepared, self.extra = like.prepared, like.extra
+            return
         self.directions, self.weights = merge_ablations(name, ops)
         fixed = [op.bias for op in ops if op.bias is not None and not op.bias.requires_grad]
         self.bias = torch.stack(fixed).sum(0) if fixed else None
@@ -105,7 +122,7 @@ class SiteHook:
         if self.track:
             self.state.on_forward(x.shape[1])
         prepared = self.prepared
-        if prepared is not None and prepared.static is None and not self.extra:
+        if prepared is not None and prepared.is_identity and not self.extra:
             return x  # the position tracker alone: nothing to do to x
         if prepared is None:  # live biases: restack the (small) operands on every call
             bias = self.bias
@@ -116,7 +133,9 @@ class SiteHook:
                 bias = term if bias is None else bias + term
             prepared = self._prepare(bias)
         starts = self._injection(self.injections[0], x) if self.injections else None
-        out = run_prepared(x, prepared, starts)
+        if self.run is None:
+            self.run = run_prepared if uses_kernel(x, prepared) else apply_prepared
+        out = self.run(x, prepared, starts)
         for op, extra in zip(self.injections[1:], self.extra, strict=True):
             out = run_prepared(out, extra, self._injection(op, x))
         return out
@@ -204,8 +223,40 @@ def compile_hooks(
     embed = hook_name(model, "embed")
     if track:
         by_name.setdefault(embed, [])
-    hooks = [(name, SiteHook(name, ops, state, track and name == embed)) for name, ops in by_name.items()]
+    hooks: list[tuple[str, SiteHook]] = []
+    stacked: dict[tuple[int, ...], SiteHook] = {}
+    for name, ops in by_name.items():
+        key = tuple(id(op) for op in ops)  # e.g. one shared ablation at every writer of every layer
+        hook = SiteHook(name, ops, state, track and name == embed, like=stacked.get(key))
+        stacked.setdefault(key, hook)
+        hooks.append((name, hook))
     return hooks, state
+
+
+@contextmanager
+def installed(model: LanguageModel, hooks: Sequence[tuple[str, Any]]) -> Iterator[None]:
+    """Add ``hooks`` ([(hook name, fn)]) for the block; on exit remove exactly these, also after an
+    exception.
+
+    Hook points are looked up once per model (``hook_point``) and the hooks added to them directly,
+    at a new context level as TransformerLens' ``hooks`` does -- not through ``model.hooks``, which
+    on the bridge rebuilds ``hook_dict`` for every hook (about a second for 60 hooks).
+    """
+    if not hasattr(model, "context_level"):  # a protocol-only model: its own hooks context
+        with model.hooks(fwd_hooks=list(hooks)):
+            yield
+        return
+    points = [(hook_point(model, name), fn) for name, fn in hooks]
+    level = int(getattr(model, "context_level")) + 1  # noqa: B009 (not in the protocol)
+    model.context_level = level  # type: ignore[attr-defined]
+    try:
+        for point, fn in points:
+            point.add_hook(fn, dir="fwd", level=level)
+        yield
+    finally:
+        for point in {id(p): p for p, _ in points}.values():
+            point.remove_hooks(dir="fwd", level=level)
+        model.context_level = level - 1  # type: ignore[attr-defined]
 
 
 def fwd_hooks(
@@ -232,5 +283,5 @@ def intervene(
     """
     hooks, state = compile_hooks(model, interventions)
     state.set_attention_mask(attention_mask)
-    with model.hooks(fwd_hooks=hooks):
+    with installed(model, hooks):
         yield state

@@ -166,25 +166,31 @@ class DirectionAblation:
         else:
             shared = d if d.dim() == 2 else d[None, :]
             sets = dict.fromkeys(layers, shared)
-        out = {}
+        out, done = {}, {}  # a set shared by several layers is orthonormalised once
         for i, (layer, r) in enumerate(sets.items()):
             w = self._weight(layer, i, len(layers), r.shape[-2])
-            basis, kept = orthonormal_rows(r)
-            if not bool(kept.all()) and not bool((w == 1).all()):
-                raise ValueError(
-                    f"DirectionAblation at layer {layer}: directions {(~kept).nonzero()[:, -1].tolist()} "
-                    "lie in the span of earlier ones; weighted ablation of linearly dependent directions "
-                    "has no single meaning (use full weights, or independent directions)"
-                )
-            out[layer] = (basis, w)
+            key = (id(r), tuple(w.reshape(-1).tolist()))
+            if key not in done:
+                basis, kept = orthonormal_rows(r)
+                if not bool(kept.all()) and not bool((w == 1).all()):
+                    raise ValueError(
+                        f"DirectionAblation at layer {layer}: directions "
+                        f"{(~kept).nonzero()[:, -1].tolist()} lie in the span of earlier ones; weighted "
+                        "ablation of linearly dependent directions has no single meaning (use full "
+                        "weights, or independent directions)"
+                    )
+                done[key] = (basis, w)
+            out[layer] = done[key]
         return out
 
     def site_ops(self, model: LanguageModel) -> list[tuple[str, SiteOp]]:
         sets = self.per_layer(model)
         dtype, device = model.cfg.dtype, device_of(model)
-        ops = []
+        ops, made = [], {}  # one SiteOp per distinct set: hooks that share it share one prepared op
         for layer, (r, w) in sets.items():
-            op = SiteOp(directions=r.to(device, dtype), weights=w.to(device, dtype))
+            if (id(r), id(w)) not in made:
+                made[id(r), id(w)] = SiteOp(directions=r.to(device, dtype), weights=w.to(device, dtype))
+            op = made[id(r), id(w)]
             if self.site == "writers":
                 sites = ["attn_out", "mlp_out"]
                 if layer - 1 not in sets:  # the previous block's writers already keep it out

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .interventions import check_vectors, finite_tensor
 from .linalg import orthonormal_rows
-from .model import LanguageModel, d_model, hf_model, is_bridge
+from .model import LanguageModel, d_model, hf_model, wraps_hf
 from .sites import has_post_norms
 
 
@@ -53,7 +53,7 @@ def orthogonalize_weights(
         )
     basis, kept = orthonormal_rows(d)
     r = basis[kept].to(torch.float32)
-    if is_bridge(model):
+    if wraps_hf(model):
         _orthogonalize_hf(hf_model(model), r)
     else:
         _orthogonalize_hooked(model, r)

@@ -12,14 +12,15 @@ Sites (per decoder layer unless noted):
   instead of its input, with norms named ``ln1``/``ln2``); the same as ``mlp_out`` on models
   without such a norm.
 
-``hook_name`` is cached per model: on the bridge ``hook_dict`` is rebuilt on every access (ms each).
+``hook_name`` and ``hook_point`` are cached per model: the bridge rebuilds ``hook_dict`` on every
+access (tens of ms each: it re-resolves ~1,700 aliases).
 """
 
 import weakref
 from typing import Any
 
 from .layers import resolve_layer
-from .model import LanguageModel
+from .model import LanguageModel, is_bridge
 
 # architectures whose only norms sit after the attention / MLP blocks (named ln1 / ln2)
 POST_NORM_ONLY = ("Olmo2ForCausalLM", "Olmo3ForCausalLM")
@@ -27,6 +28,7 @@ SITES = ("embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out",
 ABLATION_SITES = ("writers", "resid_post", "resid_pre")
 
 _NAMES: "weakref.WeakKeyDictionary[Any, dict[tuple[str, int | None], str]]" = weakref.WeakKeyDictionary()
+_POINTS: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
 
 
 def check_site(site: str, allowed: tuple[str, ...] = SITES, name: str = "site") -> str:
@@ -49,7 +51,23 @@ def hook_name(model: LanguageModel, site: str, layer: int | float | None = None)
     return cache[key]
 
 
+def hook_point(model: LanguageModel, name: str) -> Any:
+    """The hook point object named ``name`` on this model (cached; ``hook_dict`` is read once)."""
+    points = _POINTS.get(model)
+    if points is None or name not in points:
+        points = _POINTS[model] = dict(model.hook_dict)
+        if name not in points:
+            raise ValueError(f"unknown hook name {name!r} on {type(model).__name__}")
+    return points[name]
+
+
 def _resolve(model: LanguageModel, site: str, layer: int | None) -> str:
+    if site == "resid_mid" and is_bridge(model):
+        raise ValueError(
+            "site 'resid_mid' has no hook point on TransformerBridge: its blocks.L.hook_resid_mid is the "
+            "input of the MLP's norm, and a change there never reaches the residual stream; use "
+            "backend='hf' or 'hooked'"
+        )
     hook_dict = model.hook_dict  # read once: the bridge rebuilds it on every access
     if site == "embed":
         legacy = "hook_embed"

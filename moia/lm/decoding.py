@@ -32,8 +32,9 @@ from torch import Tensor
 
 from ..core.compile import intervene
 from ..core.interventions import Intervention
-from ..core.model import LanguageModel, device_of, hf_model, is_bridge, n_layers
+from ..core.model import LanguageModel, device_of, hf_model, n_layers, wraps_hf
 from .chat import Messages, format_chat, stop_token_ids
+from .native import execution_model
 
 
 # ------------------------------------------------------------------------------- tokens
@@ -112,10 +113,10 @@ class Stepper:
     """
 
     def __init__(self, model: LanguageModel, batch: int = 1) -> None:
-        self.model, self.bridge = model, is_bridge(model)
+        self.model, self.on_hf = model, wraps_hf(model)
         self.mask: Tensor | None = None  # [batch, positions so far]
         device = device_of(model)
-        if self.bridge:
+        if self.on_hf:
             from transformers import DynamicCache
 
             self.hf = hf_model(model)
@@ -134,7 +135,7 @@ class Stepper:
         self.mask = mask if self.mask is None else torch.cat([self.mask, mask], dim=1)
         check_context(self.model, self.mask.shape[1])
         k = 1 if keep is None else keep
-        if self.bridge:
+        if self.on_hf:
             out = self.hf(
                 input_ids=tokens,
                 attention_mask=self.mask,
@@ -159,7 +160,7 @@ class Stepper:
         """Repeat the batch-1 cache ``batch`` times."""
         assert self.mask is not None and self.mask.shape[0] == 1, "repeat a batch-1 cache after a forward"
         self.mask = self.mask.expand(batch, -1)
-        if self.bridge:
+        if self.on_hf:
             self.cache.batch_repeat_interleave(batch)
             return
         for entry in self.cache.entries:
@@ -180,7 +181,7 @@ def final_logits(
 ) -> Float[Tensor, "batch keep vocab"]:
     """Logits of the last ``keep`` positions of a left-padded batch, in one uncached forward that
     unembeds only those positions (with whatever interventions are installed)."""
-    if is_bridge(model):
+    if wraps_hf(model):
         hf = hf_model(model)
         out = hf(input_ids=tokens, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=keep)
         return out.logits[:, -keep:]  # type: ignore[no-any-return]
@@ -316,9 +317,15 @@ def generate_tokens(
     max_new_tokens: int = 100,
     sampling: Sampling = GREEDY,
     seeds: Sequence[int] | None = None,
+    native: bool | None = None,
 ) -> list[list[int]]:
-    """Generate from left-padded ``tokens``; returns each row's new token ids, stop token excluded."""
+    """Generate from left-padded ``tokens``; returns each row's new token ids, stop token excluded.
+
+    ``native``: run on the model's native twin (``moia.lm.native``; None: ``NATIVE_BY_DEFAULT``
+    where the model wraps a Hugging Face model). The tokens are the same either way (tested).
+    """
     _check_generation(max_new_tokens, sampling, seeds, tokens.shape[0])
+    model = execution_model(model, native)
     stepper = Stepper(model, tokens.shape[0])
     with intervene(model, *interventions, attention_mask=attention_mask) as state:
         state.manual = True  # prefill, then one-token steps: offsets follow the tokens fed
@@ -336,6 +343,7 @@ def generate_shared_prefix(
     max_new_tokens: int = 100,
     sampling: Sampling = GREEDY,
     seeds: Sequence[int] | None = None,
+    native: bool | None = None,
 ) -> list[list[int]]:
     """Generate from prompts ``prefix + suffixes[i]``, running the prefix once; new ids per row.
 
@@ -348,7 +356,9 @@ def generate_shared_prefix(
             the prefix.
         per_row: interventions that may differ per row (``ConceptInjection``); they must not act
             inside the prefix (their starts must be >= its length).
+        native: as ``generate_tokens``.
     """
+    model = execution_model(model, native)
     if not prefix or not suffixes or any(not s for s in suffixes):
         raise ValueError("the prefix and every suffix must hold at least one token")
     _check_generation(max_new_tokens, sampling, seeds, len(suffixes))
@@ -383,6 +393,7 @@ def generate(
     seed: int | Sequence[int] | None = None,
     system: str | None = "",
     prefill: str | None = None,
+    native: bool | None = None,
 ) -> list[str]:
     """Chat-format ``prompts``, generate a batch with the interventions active, decode the replies.
 
@@ -395,6 +406,8 @@ def generate(
         seed: with sampling, row i uses ``seed + i`` (default 0), or one seed per row (a list).
         system: the system turn ("" an explicit empty one, None none; ``moia.lm.chat``).
         prefill: text that starts every reply (not included in the returned text).
+        native: run on the native path (HF modules with torch hooks, ``moia.lm.native``); None:
+            ``NATIVE_BY_DEFAULT`` where the model wraps a Hugging Face model. Same replies.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -405,6 +418,13 @@ def generate(
     tokens, mask = tokenize_prompts(model, texts, device_of(model))
     seeds = None if sampling.greedy else row_seeds(0 if seed is None else seed, len(texts))
     new = generate_tokens(
-        model, tokens, mask, *interventions, max_new_tokens=max_new_tokens, sampling=sampling, seeds=seeds
+        model,
+        tokens,
+        mask,
+        *interventions,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        seeds=seeds,
+        native=native,
     )
     return [model.tokenizer.decode(ids, skip_special_tokens=True) for ids in new]

@@ -29,7 +29,7 @@ import torch
 from .checkpoints import RANDOM_PREFIX, hub_snapshot, load_hf_directory, random_hf_model, random_model_names
 from .hooked import NO_PROCESSING, hooked_from_hf
 
-Backend = Literal["hooked", "bridge"]
+Backend = Literal["hooked", "bridge", "hf"]
 
 
 @dataclass(frozen=True)
@@ -174,13 +174,15 @@ def load_model(
             in the local Hugging Face cache (a multimodal checkpoint loads as its language model),
             ``random:NAME`` (``moia.lm.checkpoints.random_model_names()``: random weights of a real
             shape), or a TransformerLens official model name.
-        backend: ``"hooked"`` for ``HookedTransformer`` (transformer-lens < 4) or ``"bridge"`` for
-            ``TransformerBridge``.
+        backend: ``"hooked"`` for ``HookedTransformer`` (transformer-lens < 4), ``"bridge"`` for
+            ``TransformerBridge``, or ``"hf"`` for the Hugging Face model itself with moia's hook
+            sites as torch hooks on its modules (``moia.lm.native.NativeModel``: no TransformerLens
+            in the forward; not for TransformerLens official names).
         dtype, device: where and in which precision the returned model lives (device None: cuda
             if available, else cpu; a device this torch cannot use is an error).
     """
-    if backend not in ("hooked", "bridge"):
-        raise ValueError(f"backend must be 'hooked' or 'bridge', got {backend!r}")
+    if backend not in ("hooked", "bridge", "hf"):
+        raise ValueError(f"backend must be 'hooked', 'bridge' or 'hf', got {backend!r}")
     device = resolve_device(device)
     official: str | None = None
     if name.startswith(RANDOM_PREFIX):
@@ -199,7 +201,16 @@ def load_model(
         hf, tok, official, shown = None, None, name, name
     else:
         raise _unknown_model(name)
-    if backend == "bridge":
+    if backend == "hf":
+        if hf is None:
+            raise ValueError(
+                f"backend='hf' loads Hugging Face checkpoints; {name!r} is a "
+                "TransformerLens name (use backend='bridge' or 'hooked')"
+            )
+        from .native import NativeModel
+
+        model = NativeModel(hf.to(device=device, dtype=dtype), tok, shown)
+    elif backend == "bridge":
         model = _load_bridge(hf, tok, official, dtype, device)
     else:
         model = _load_hooked(hf, tok, official, dtype, device)

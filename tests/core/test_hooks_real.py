@@ -1,6 +1,8 @@
 """The foundation's claims on the real SmolLM2 model: ablation, batching, cached injection,
 backend agreement, weight orthogonalisation."""
 
+import functools
+
 import pytest
 import torch
 
@@ -107,16 +109,17 @@ def test_writers_ablation_on_bridge_equals_hooks_on_hf_model(smollm2_bridge):
 def test_batched_generation_equals_one_by_one(request, backend):
     """Claim 2: different lengths, per-row injections with their own starts, control rows."""
     model = request.getfixturevalue("smollm2" if backend == "hooked" else "smollm2_bridge")
+    generate = functools.partial(moia.generate, native=False)  # the bridge's own hooks (native: test_native*)
     d = model.cfg.d_model
     vectors = torch.randn(len(PROMPTS), d) * 3.0
     strengths = torch.tensor([4.0, 0.0, 6.0, 2.0])
     starts = torch.tensor([3, 5, 1, 4])
     bias = moia.AdditiveVector(torch.randn(d) * 0.5, 12)
-    batched = moia.generate(
+    batched = generate(
         model, PROMPTS, moia.ConceptInjection(vectors, 10, strengths, starts), bias, max_new_tokens=12
     )
     alone = [
-        moia.generate(
+        generate(
             model,
             [p],
             moia.ConceptInjection(vectors[i], 10, strengths[i], int(starts[i])),
@@ -126,7 +129,7 @@ def test_batched_generation_equals_one_by_one(request, backend):
         for i, p in enumerate(PROMPTS)
     ]
     assert batched == alone
-    plain = moia.generate(model, PROMPTS, bias, max_new_tokens=12)
+    plain = generate(model, PROMPTS, bias, max_new_tokens=12)
     assert plain[1] == batched[1]  # the control row is untouched
     assert plain[0] != batched[0] or plain[2] != batched[2]  # injections changed something
 

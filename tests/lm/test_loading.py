@@ -105,7 +105,8 @@ def test_bridge_kv_cache_generation_matches_uncached(smollm2_bridge):
     model = smollm2_bridge
     prompt = format_chat(model, "Name three colours.")
     ids = model.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
-    cached = moia.generate(model, "Name three colours.", max_new_tokens=12)[0]
+    # native=False: the bridge's own KV cache (the default would run its native twin)
+    cached = moia.generate(model, "Name three colours.", max_new_tokens=12, native=False)[0]
     seq = ids
     with torch.no_grad():
         for _ in range(12):
