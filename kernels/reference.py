@@ -10,10 +10,19 @@ and (V_i, s_i, t0_i) a per-row injection with its own start. ``starts`` are posi
 coordinates* (the caller has already shifted them by the row's left padding and, in cached
 decoding, by the position of x[:, 0]); a start <= 0 injects everywhere, a start >= pos nowhere.
 
+Optionally the op also *reads*: given read-only directions E [m, d] it writes the coefficients
+``coeffs[i, t] = x[i, t]·Eᵀ`` (float32, of the op's input) to a buffer and never changes x for them
+(the mood ring, PROTOCOL §8).
+
 Cost: the coefficients x @ Rᵀ read x once; every additive term is then folded into a single
 batched ``baddbmm`` (x + C @ M with C = [x·R, 1, mask] and M = [-w R; b; s V]) that reads x once
 more and writes the output once -- about 1.5x the traffic of a copy, against ~5 passes for the
-naive ``x - (x @ r)[..., None] * r + b`` chain.
+naive ``x - (x @ r)[..., None] * r + b`` chain. A readout alone is one matmul x @ Eᵀ (one read of x,
+no write: x itself is returned). Beside an ablation of shared directions the twin computes x @ Eᵀ
+as its own small matmul rather than as more columns of x @ Rᵀ: BLAS rounds a column differently
+when the matrix it belongs to grows (by ~1e-6 here), and a readout must leave the ablated
+activations bit for bit as they are. The kernel computes every coefficient in its own reduction,
+so there the readout is free of that trade-off.
 """
 
 from dataclasses import dataclass
@@ -37,6 +46,7 @@ class PreparedIntervention:
     vectors: Tensor | None  # (n, d), n = batch or 1
     strengths: Tensor | None  # (n,)
     static: Tensor | None  # (n_rows, m, d) with n_rows = 1 unless something is per row
+    readout: Tensor | None = None  # (m, d) read-only directions: coefficients out, x unchanged
 
 
 def prepare_intervention(
@@ -45,8 +55,11 @@ def prepare_intervention(
     bias: Tensor | None = None,
     vectors: Tensor | None = None,
     strengths: Tensor | None = None,
+    readout: Tensor | None = None,
 ) -> PreparedIntervention:
     """Stack the constant operands of the op (see the module docstring) once."""
+    if readout is not None and (readout.dim() != 2 or readout.shape[0] == 0):
+        raise ValueError(f"readout must be [m, d_model] with m >= 1, got shape {tuple(readout.shape)}")
     if directions is not None and directions.shape[-2] == 0:
         directions = weights = None
     if vectors is not None and strengths is None:
@@ -68,16 +81,43 @@ def prepare_intervention(
         as3 = [b if b.dim() == 3 else b[None].expand(rows, -1, -1) for b in blocks]
         as3 = [b.expand(rows, -1, -1) for b in as3]
         static = torch.cat(as3, dim=1).contiguous()
-    return PreparedIntervention(directions, weights, bias, vectors, strengths, static)
+    return PreparedIntervention(directions, weights, bias, vectors, strengths, static, readout)
+
+
+def read_coefficients(
+    x: Float[Tensor, "batch pos d_model"], readout: Tensor, coeffs: Tensor | None
+) -> Float[Tensor, "batch pos m"]:
+    """``coeffs[...] = x @ readoutᵀ`` in float32 (never part of an autograd graph)."""
+    if coeffs is None:
+        raise ValueError("readout needs coeffs, a float32 buffer [batch, pos, m] for the coefficients")
+    expected = (*x.shape[:2], readout.shape[0])
+    if tuple(coeffs.shape) != expected or coeffs.dtype != torch.float32:
+        raise ValueError(
+            f"coeffs must be float32 of shape {expected}, got {coeffs.dtype} {tuple(coeffs.shape)}"
+        )
+    with torch.no_grad():
+        if x.dtype != torch.float32:  # coefficients in float32, as the kernel computes them
+            x, readout = x.float(), readout.float()
+        coeffs.copy_(x @ readout.T)
+    return coeffs
 
 
 def apply_prepared(
     x: Float[Tensor, "batch pos d_model"],
     p: PreparedIntervention,
     starts: Int[Tensor, " batch"] | None = None,
+    coeffs: Tensor | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
-    """``x + C @ M`` with the precomputed M: two reads of x and one write."""
+    """``x + C @ M`` with the precomputed M: two reads of x and one write.
+
+    With ``p.readout`` (E), ``coeffs`` [batch, pos, m] (float32) receives x·Eᵀ of the input x.
+    A readout with nothing else to do returns x itself (no copy, no write).
+    """
     batch, pos, d_model = x.shape
+    if p.readout is not None:
+        read_coefficients(x, p.readout, coeffs)
+        if p.static is None:
+            return x
     if p.static is None:
         return x.clone()
     cols: list[Tensor] = []
@@ -105,8 +145,11 @@ def intervention_reference(
     vectors: Float[Tensor, "batch d_model"] | None = None,
     strengths: Float[Tensor, " batch"] | None = None,
     starts: Int[Tensor, " batch"] | None = None,
+    readout: Float[Tensor, "m d_model"] | None = None,
+    coeffs: Float[Tensor, "batch pos m"] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
-    """Apply ablation, bias and injection to ``x`` and return a new tensor.
+    """Apply ablation, bias and injection to ``x`` and return a new tensor (x itself for a readout
+    alone).
 
     Args:
         x: activations [batch, pos, d_model].
@@ -118,11 +161,13 @@ def intervention_reference(
         vectors: [batch, d_model] per-row injection vectors (requires ``strengths`` and ``starts``).
         strengths: [batch] per-row scale of ``vectors`` (0 = control row).
         starts: [batch] integer first position (in x's coordinates) that receives the injection.
+        readout: [m, d_model] read-only directions; their coefficients x·Eᵀ go to ``coeffs``.
+        coeffs: [batch, pos, m] float32 buffer, required with ``readout``, filled in place.
     """
     if vectors is not None and (strengths is None or starts is None):
         raise ValueError("vectors needs strengths and starts")
-    prepared = prepare_intervention(directions, weights, bias, vectors, strengths)
-    return apply_prepared(x, prepared, starts)
+    prepared = prepare_intervention(directions, weights, bias, vectors, strengths, readout)
+    return apply_prepared(x, prepared, starts, coeffs)
 
 
 def intervention_naive(
