@@ -14,8 +14,10 @@ from importlib.metadata import version
 from . import experiment, training
 from .core import (
     AdditiveVector,
+    Calibration,
     ConceptInjection,
     DirectionAblation,
+    MoodRing,
     fwd_hooks,
     intervene,
     orthogonalize_weights,
@@ -29,10 +31,12 @@ __version__ = version("moia")
 
 __all__ = [
     "AdditiveVector",
+    "Calibration",
     "ConceptInjection",
     "ConceptVectors",
     "DirectionAblation",
     "Grade",
+    "MoodRing",
     "RefusalDirections",
     "concept_vectors",
     "experiment",
