@@ -23,7 +23,14 @@ from .core import (
     orthogonalize_weights,
     resolve_layers,
 )
-from .directions import ConceptVectors, RefusalDirections, concept_vectors, refusal_directions
+from .directions import (
+    ConceptVectors,
+    EmotionVectors,
+    RefusalDirections,
+    concept_vectors,
+    emotion_vectors,
+    refusal_directions,
+)
 from .eval import Grade, grade
 from .lm import generate, load_model
 
@@ -35,10 +42,12 @@ __all__ = [
     "ConceptInjection",
     "ConceptVectors",
     "DirectionAblation",
+    "EmotionVectors",
     "Grade",
     "MoodRing",
     "RefusalDirections",
     "concept_vectors",
+    "emotion_vectors",
     "experiment",
     "fwd_hooks",
     "generate",
