@@ -12,6 +12,7 @@ injected-thought experiment of [LINDSEY] (Lindsey 2025) and the refusal directio
 from importlib.metadata import version
 
 from . import experiment, training
+from .analysis import annotate
 from .core import (
     AdditiveVector,
     Calibration,
@@ -46,6 +47,7 @@ __all__ = [
     "Grade",
     "MoodRing",
     "RefusalDirections",
+    "annotate",
     "concept_vectors",
     "emotion_vectors",
     "experiment",

@@ -10,7 +10,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from jaxtyping import install_import_hook  # noqa: E402
 
 TYPECHECKED = ["moia.core", "moia.lm", "moia.directions", "moia.eval", "moia.trials", "moia.experiment"]
-TYPECHECKED += ["moia.training", "moia.cli", "moia.io", "moia.kernels.reference"]  # not the Triton kernel
+TYPECHECKED += [
+    "moia.training",
+    "moia.cli",
+    "moia.io",
+    "moia.kernels.reference",
+    "moia.analysis",
+]  # not the Triton kernel
 import tests.typecheck  # noqa: E402,F401  (the checker the hook names)
 
 install_import_hook(TYPECHECKED, "tests.typecheck.typechecker")

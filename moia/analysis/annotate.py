@@ -80,7 +80,9 @@ def find_spans(
     """Runs of >= ``min_tokens`` tokens whose z stays >= ``threshold``, per direction, ordered by
     where they end (then by name)."""
     if readings.dim() != 2 or readings.shape[1] != len(names):
-        raise ValueError(f"readings must be [n_tokens, {len(names)}] (one column per name), got {tuple(readings.shape)}")
+        raise ValueError(
+            f"readings must be [n_tokens, {len(names)}] (one column per name), got {tuple(readings.shape)}"
+        )
     if readings.shape[0] != len(offsets):
         raise ValueError(f"readings has {readings.shape[0]} tokens but the text has {len(offsets)}")
     if isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or min_tokens < 1:

@@ -96,7 +96,9 @@ def moodring_html(
     """
     n, k = readings.shape
     if len(token_texts) != n or len(names) != k:
-        raise ValueError(f"{len(token_texts)} token texts and {len(names)} names for readings of shape {(n, k)}")
+        raise ValueError(
+            f"{len(token_texts)} token texts and {len(names)} names for readings of shape {(n, k)}"
+        )
     if k > len(PALETTE):
         raise ValueError(f"the view colours at most {len(PALETTE)} directions, got {k}")
     special = special or [False] * n
@@ -135,7 +137,9 @@ def moodring_html(
             f'style="{style}">{html.escape(text)}</span>'
         )
         parts += notes_after.get(i, [])
-    legend = "".join(f"<span><i style='background:{PALETTE[j]}'></i>{html.escape(nm)}</span>" for j, nm in enumerate(names))
+    legend = "".join(
+        f"<span><i style='background:{PALETTE[j]}'></i>{html.escape(nm)}</span>" for j, nm in enumerate(names)
+    )
     data = {
         "names": list(names),
         "colors": PALETTE[:k],

@@ -81,7 +81,9 @@ class Calibration:
     def z(self, raw: Float[Tensor, "n k"]) -> Float[Tensor, "n k"]:
         return (raw - self.mean) / self.std
 
-    def save(self, path: str | pathlib.Path, model: LanguageModel, meta: dict[str, Any] | None = None) -> None:
+    def save(
+        self, path: str | pathlib.Path, model: LanguageModel, meta: dict[str, Any] | None = None
+    ) -> None:
         save_tensors(
             path,
             CALIBRATION_KIND,
@@ -203,7 +205,9 @@ class MoodRing:
         tokens = [list(p) + list(g) for p, g in zip(prompts, generated, strict=True)]
         for i, (r, t) in enumerate(zip(raw, tokens, strict=True)):
             if r.shape[0] < len(t):
-                raise ValueError(f"row {i}: the ring saw {r.shape[0]} positions but the row has {len(t)} tokens")
+                raise ValueError(
+                    f"row {i}: the ring saw {r.shape[0]} positions but the row has {len(t)} tokens"
+                )
         self._raw = [r[: len(t)] for r, t in zip(raw, tokens, strict=True)]
         self._tokens = tokens
         self._prompt_lengths = [len(p) for p in prompts]

@@ -67,9 +67,7 @@ def test_annotate_text_and_tokens_agree_and_notes_sit_after_the_span(smol_tokeni
     z = torch.zeros(len(ids), 2)
     z[clock - 2 : clock + 1, 1] = torch.tensor([2.1, 3.24, 2.6])  # "checking the clock"
     out = annotate(text, z, names=["calm", "desperation"], tokenizer=smol_tokenizer)
-    expected = text.replace(
-        "clock.", "clock [note: you were feeling desperate (z=3.2) while writing this]."
-    )
+    expected = text.replace("clock.", "clock [note: you were feeling desperate (z=3.2) while writing this].")
     assert out == expected
     assert annotate(ids, z, names=["calm", "desperation"], tokenizer=smol_tokenizer) == expected
     _, _, spans = annotation_spans(ids, z, names=["calm", "desperation"], tokenizer=smol_tokenizer)

@@ -104,14 +104,18 @@ def test_the_ring_changes_nothing_alone_and_composed(tok_model):
                 logits = [stepper.forward(tokens, mask)]
                 for _ in range(3):
                     logits.append(stepper.step(logits[-1].argmax(-1)[:, None]))
-            runs.append((torch.stack(logits), generate_tokens(tok_model, tokens, mask, *ivs, max_new_tokens=5)))
+            runs.append(
+                (torch.stack(logits), generate_tokens(tok_model, tokens, mask, *ivs, max_new_tokens=5))
+            )
             if ring is not None and extra:  # reference: the hook's input, resid_mid + mlp_out
                 for i, t in enumerate(ring.tokens):
                     ids = torch.tensor([t])
                     one = [
                         moia.DirectionAblation(r, layers=[LAYER], site="resid_post", weights=0.5),
                         moia.AdditiveVector(b, LAYER, scale=0.3),
-                        moia.ConceptInjection(v[i], LAYER, strengths=[[1.0, 0.0, 2.0][i]], start=[2, 0, 1][i]),
+                        moia.ConceptInjection(
+                            v[i], LAYER, strengths=[[1.0, 0.0, 2.0][i]], start=[2, 0, 1][i]
+                        ),
                     ]
                     with moia.intervene(tok_model, *one):
                         _, cache = tok_model.run_with_cache(ids, attention_mask=torch.ones_like(ids))

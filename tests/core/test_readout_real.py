@@ -31,7 +31,9 @@ def test_readings_equal_an_uncached_run_with_cache(smollm2_any):
     worst = 0.0
     for i, tokens in enumerate(ring.tokens):
         ids = torch.tensor([tokens])
-        assert model.tokenizer.decode(tokens[ring.prompt_lengths[i] :], skip_special_tokens=True) == replies[i]
+        assert (
+            model.tokenizer.decode(tokens[ring.prompt_lengths[i] :], skip_special_tokens=True) == replies[i]
+        )
         _, cache = model.run_with_cache(ids, attention_mask=torch.ones_like(ids), names_filter=[name])
         x = cache[name][0].double()
         ref = x @ _unit(e).double().T
@@ -57,6 +59,8 @@ def test_tokens_and_logits_identical_with_and_without_the_ring(smollm2):
                 logits = [stepper.forward(tokens, mask)]
                 for _ in range(6):
                     logits.append(stepper.step(logits[-1].argmax(-1)[:, None]))
-            runs.append((torch.stack(logits), moia.generate(model, PROMPTS, *others, *ring, max_new_tokens=10)))
+            runs.append(
+                (torch.stack(logits), moia.generate(model, PROMPTS, *others, *ring, max_new_tokens=10))
+            )
         assert torch.equal(runs[0][0], runs[1][0])
         assert runs[0][1] == runs[1][1]
