@@ -90,7 +90,7 @@ def parse_choice(reply: str) -> str | None:
     """ "A" or "B" from the reply's first non-empty line ("A", "B.", "A: ...", "Answer: B",
     "**A**"), else None. A line that merely starts with the article ("A good plan ...") is None."""
     for line in reply.splitlines():
-        line = line.strip().strip("*_#>`\"' ").strip()
+        line = re.sub(r"[*_#>`\"']", "", line).strip()  # markdown emphasis, quotes
         if line:
             match = _CHOICE.match(line)
             return match.group(1).upper() if match else None
