@@ -21,7 +21,14 @@ from .core import (
     orthogonalize_weights,
     resolve_layers,
 )
-from .directions import ConceptVectors, RefusalDirections, concept_vectors, refusal_directions
+from .directions import (
+    ConceptVectors,
+    EmotionVectors,
+    RefusalDirections,
+    concept_vectors,
+    emotion_vectors,
+    refusal_directions,
+)
 from .eval import Grade, grade
 from .lm import generate, load_model
 
@@ -32,9 +39,11 @@ __all__ = [
     "ConceptInjection",
     "ConceptVectors",
     "DirectionAblation",
+    "EmotionVectors",
     "Grade",
     "RefusalDirections",
     "concept_vectors",
+    "emotion_vectors",
     "experiment",
     "fwd_hooks",
     "generate",
