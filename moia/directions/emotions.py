@@ -237,6 +237,22 @@ def vectors_from_means(
     return vectors
 
 
+def fit_vectors(
+    means: Float[Tensor, "story d_model"],
+    labels: Sequence[str],
+    names: Sequence[str],
+    neutral: Float[Tensor, "neutral d_model"],
+    neutral_whole: Float[Tensor, "neutral d_model"],
+    n_pcs: int = 0,
+) -> tuple[Float[Tensor, "emotion d_model"], Float[Tensor, " emotion"], Float[Tensor, " emotion"]]:
+    """``(vectors, neutral_mean, neutral_std)`` from story means: ``vectors_from_means`` on
+    ``means`` (read with the skip; ``neutral`` for the PCs), and the calibration of the scores on
+    ``neutral_whole`` (neutral stories read over all their tokens, as ``score`` reads a text)."""
+    vectors = vectors_from_means(means, labels, names, neutral, n_pcs)
+    projections = neutral_whole.double() @ (vectors / vectors.norm(dim=-1, keepdim=True)).T
+    return vectors, projections.mean(0), projections.std(0)
+
+
 def _check_emotions(emotions: Sequence[str] | None, known: Sequence[str], where: str) -> list[str]:
     if isinstance(emotions, str):
         raise TypeError(f"emotions must be a list of names, not one string ({emotions!r})")
@@ -307,20 +323,24 @@ def emotion_vectors(
     read = [reading_text(model.tokenizer, s.text) for s in [*emotional, *neutral]]
     texts, spans = [t for t, _ in read], [s for _, s in read]
     means = span_means(model, texts, [layer_index], spans, skip, (), batch_size, progress, "emotion stories")
-    neutral_whole = span_means(
+    whole = span_means(
         model, texts[len(emotional) :], [layer_index], spans[len(emotional) :], 0, (), batch_size
     )
-    vectors = vectors_from_means(
-        means[: len(emotional), 0], [s.emotion for s in emotional], names, means[len(emotional) :, 0], n_pcs
+    vectors, mean, std = fit_vectors(
+        means[: len(emotional), 0],
+        [s.emotion for s in emotional],
+        names,
+        means[len(emotional) :, 0],
+        whole[:, 0],
+        n_pcs,
     )
-    calibration = neutral_whole[:, 0] @ (vectors / vectors.norm(dim=-1, keepdim=True)).T  # [neutral, emotion]
     meta = model_metadata(model)
     return EmotionVectors(
         names=names,
         layer=layer_index,
         vectors=vectors.float(),
-        neutral_mean=calibration.mean(0).float(),
-        neutral_std=calibration.std(0).float(),
+        neutral_mean=mean.float(),
+        neutral_std=std.float(),
         model_name=meta["model"],
         n_layers=int(meta["n_layers"]),
         settings={
