@@ -19,6 +19,7 @@ The mood ring reads ``project``: any residual activations [..., d_model] at ``la
 [..., emotion], in the order of ``names``.
 """
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -99,6 +100,12 @@ class EmotionVectors:
     @property
     def d_model(self) -> int:
         return int(self.vectors.shape[-1])
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 (first 16 hex digits) of the float32 vectors: ties a run's records to its vectors."""
+        data = self.vectors.detach().float().cpu().contiguous().numpy().tobytes()
+        return hashlib.sha256(data).hexdigest()[:16]
 
     @property
     def unit(self) -> Float[Tensor, "emotion d_model"]:

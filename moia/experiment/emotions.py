@@ -153,6 +153,7 @@ def run_emotion_sweep(
         "model": model_name(model),
         "stimuli": "emotions",
         "questions": list(questions),
+        "vectors": {"names": vectors.names, "layer": vectors.layer, "sha256": vectors.fingerprint},
         **{
             k: v
             for k, v in sweep.as_dict().items()

@@ -17,11 +17,11 @@ probe reads the scenario's emotion; the reply reports any emotion; the reply nam
 emotion; the reply names the probe's emotion (agreement of self-report and probe).
 """
 
-import time
 from collections import Counter
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..core.interventions import Intervention
 from ..core.model import LanguageModel, model_name
@@ -55,6 +55,7 @@ def run_natural(
     system: str | None = "",
     batch_size: int = 16,
     run_settings: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every unfinished (arm, scenario) and append it to ``out_dir/natural.jsonl``; returns all
     records of these arms and scenarios."""
@@ -71,7 +72,7 @@ def run_natural(
             "stimuli": "emotions-natural",
             "max_new_tokens": max_new_tokens,
             "system": system,
-            "vectors": {"names": vectors.names, "layer": vectors.layer},
+            "vectors": {"names": vectors.names, "layer": vectors.layer, "sha256": vectors.fingerprint},
             **(run_settings or {}),
         },
     )
@@ -79,11 +80,16 @@ def run_natural(
     done = {r["id"] for r in read_trials(path)}
     runner = TrialRunner(model, max_new_tokens, GREEDY, shared_prefix=False, batch_size=batch_size)
     built = [natural_prompt(model, s["text"], system) for s in scenarios]
-    for arm, interventions in arm_interventions.items():
-        todo = [i for i, s in enumerate(scenarios) if f"{arm}/{s['id']}" not in done]
+    plan = [
+        (arm, [i for i, s in enumerate(scenarios) if f"{arm}/{s['id']}" not in done])
+        for arm in arm_interventions
+    ]
+    bar = tqdm(total=sum(len(todo) for _, todo in plan), desc="natural scenarios", disable=not progress)
+    for arm, todo in plan:
+        interventions = arm_interventions[arm]
+        bar.set_postfix_str(arm)
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            t0 = time.perf_counter()
             replies = runner.generate([TrialRow(built[i][0]) for i in batch], *interventions)
             z = vectors.score(
                 model,
@@ -107,10 +113,8 @@ def run_natural(
                     }
                 )
             append_trials(path, records)
-            print(
-                f"natural {arm}: {start + len(batch)}/{len(todo)} ({time.perf_counter() - t0:.0f} s)",
-                flush=True,
-            )
+            bar.update(len(records))
+    bar.close()
     wanted = {f"{arm}/{s['id']}" for arm in arm_interventions for s in scenarios}
     return [r for r in read_trials(path) if r["id"] in wanted]
 

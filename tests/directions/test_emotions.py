@@ -261,8 +261,22 @@ def test_unknown_shipped_emotion_and_story_files(tiny_tok, tmp_path):
     with pytest.raises(KeyError, match="emotion vectors are at layer 1, not 2"):
         ev.get("joy", 2)
     with pytest.raises(ValueError, match="samples > 1 needs temperature > 0"):
-        StorySettings(samples=2)
+        StorySettings(samples=2, temperature=0.0)
 
 
 def test_exported():
     assert moia.emotion_vectors is emotion_vectors and moia.EmotionVectors is EmotionVectors
+
+
+# ---------------------------------------------------------------------------------- real model
+@pytest.mark.slow
+def test_real_model_vectors_and_score(smollm2):
+    """SmolLM2: the vectors equal the run_with_cache computation, and score is batch-invariant."""
+    names = ["joy", "anger", "fear"]
+    ev = emotion_vectors(smollm2, names, layer=0.5, stories=STORIES, n_pcs=1, skip=3)
+    vectors, mean, std = independent_vectors(smollm2, STORIES, names, 15, 3, 1)
+    np.testing.assert_allclose(ev.vectors.double().numpy(), vectors, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(ev.neutral_std.double().numpy(), std, rtol=1e-3)
+    texts = ["I could not stop smiling all day.", "The bus leaves at nine.", "He punched the wall. " * 4]
+    alone = torch.cat([ev.score(smollm2, [t]) for t in texts])
+    torch.testing.assert_close(ev.score(smollm2, texts, batch_size=3), alone, rtol=1e-3, atol=1e-3)

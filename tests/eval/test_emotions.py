@@ -130,3 +130,16 @@ def test_auroc_edges_and_one_vs_rest():
     assert json.dumps(result)  # plain floats
     with pytest.raises(ValueError, match=r"scores has shape \(4, 2\), expected \(3, 2\)"):
         one_vs_rest(scores, labels[:3], ["joy", "fear"])
+
+
+def test_no_sentence_or_scenario_names_an_emotion():
+    from moia.directions.stories import emotion_stimuli
+    from moia.eval.emotions import _term_pattern
+    from moia.eval.grading import normalise
+
+    data = emotion_stimuli()
+    texts = [s["text"] for s in data["sentences"]] + [s["text"] for s in data["scenarios"]]
+    named = [(t, m.group()) for t in texts for m in [_term_pattern().search(normalise(t))] if m]
+    assert not named
+    assert {s["emotion"] for s in data["sentences"]} == {*data["emotions"], "neutral"}
+    assert all(sum(s["emotion"] == e for s in data["scenarios"]) >= 8 for e in data["emotions"])
