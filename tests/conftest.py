@@ -104,3 +104,42 @@ def relative_component(x: torch.Tensor, r: torch.Tensor) -> float:
     """max over positions of |x·r̂| / ‖x‖."""
     r = r / r.norm()
     return float(((x.double() @ r.double()).abs() / x.double().norm(dim=-1)).max())
+
+
+# ---------------------------------------------------------------------- emotion tests (PROTOCOL §7)
+@pytest.fixture(scope="session")
+def smollm2_tok():
+    from moia.lm.loading import cache_dir
+
+    path = cache_dir() / "models" / "smollm2-135m-instruct"
+    if not (path / "tokenizer_config.json").exists():
+        pytest.skip("smollm2-135m-instruct is not in the model cache")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_tok(smollm2_tok):
+    """A 3-layer random HookedTransformer with SmolLM2's tokenizer (real tokens, fast forwards)."""
+    if not HAS_HOOKED:
+        pytest.skip("transformer-lens >= 4 has no HookedTransformer")
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=3,
+        d_model=32,
+        n_heads=4,
+        d_head=8,
+        d_mlp=64,
+        d_vocab=len(smollm2_tok),
+        n_ctx=256,
+        act_fn="silu",
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        gated_mlp=True,
+        rotary_dim=8,
+        seed=1,
+        model_name="tiny-tok",
+    )
+    return HookedTransformer(cfg, tokenizer=smollm2_tok).eval()

@@ -77,6 +77,15 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--ablation-site", choices=("resid_post", "writers", "resid_pre"), default="resid_post")
     p.add_argument("--threads", type=int, help="torch CPU threads (>= 1)")
+    p.add_argument(
+        "--stimuli",
+        choices=("concepts", "emotions"),
+        default="concepts",
+        help="inject concept vectors (PROTOCOL §2) or emotion vectors (§7; moia.cli.emotions.run_reproduce)",
+    )
+    p.add_argument(
+        "--emotion-vectors", help="emotion-vector file for --stimuli emotions (default: extracted)"
+    )
     p.set_defaults(func=run)
 
 
@@ -126,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
     from ..experiment.run import run_sweep
     from ..experiment.sweep import sweep_trials
 
+    if args.stimuli == "emotions":
+        from .emotions import run_reproduce
+
+        return run_reproduce(args)
     t0 = time.perf_counter()
     if args.threads is not None:
         if args.threads < 1:

@@ -19,6 +19,7 @@ The mood ring reads ``project``: any residual activations [..., d_model] at ``la
 [..., emotion], in the order of ``names``.
 """
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -99,6 +100,12 @@ class EmotionVectors:
     @property
     def d_model(self) -> int:
         return int(self.vectors.shape[-1])
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 (first 16 hex digits) of the float32 vectors: ties a run's records to its vectors."""
+        data = self.vectors.detach().float().cpu().contiguous().numpy().tobytes()
+        return hashlib.sha256(data).hexdigest()[:16]
 
     @property
     def unit(self) -> Float[Tensor, "emotion d_model"]:
@@ -237,6 +244,22 @@ def vectors_from_means(
     return vectors
 
 
+def fit_vectors(
+    means: Float[Tensor, "story d_model"],
+    labels: Sequence[str],
+    names: Sequence[str],
+    neutral: Float[Tensor, "neutral d_model"],
+    neutral_whole: Float[Tensor, "neutral d_model"],
+    n_pcs: int = 0,
+) -> tuple[Float[Tensor, "emotion d_model"], Float[Tensor, " emotion"], Float[Tensor, " emotion"]]:
+    """``(vectors, neutral_mean, neutral_std)`` from story means: ``vectors_from_means`` on
+    ``means`` (read with the skip; ``neutral`` for the PCs), and the calibration of the scores on
+    ``neutral_whole`` (neutral stories read over all their tokens, as ``score`` reads a text)."""
+    vectors = vectors_from_means(means, labels, names, neutral, n_pcs)
+    projections = neutral_whole.double() @ (vectors / vectors.norm(dim=-1, keepdim=True)).T
+    return vectors, projections.mean(0), projections.std(0)
+
+
 def _check_emotions(emotions: Sequence[str] | None, known: Sequence[str], where: str) -> list[str]:
     if isinstance(emotions, str):
         raise TypeError(f"emotions must be a list of names, not one string ({emotions!r})")
@@ -307,20 +330,24 @@ def emotion_vectors(
     read = [reading_text(model.tokenizer, s.text) for s in [*emotional, *neutral]]
     texts, spans = [t for t, _ in read], [s for _, s in read]
     means = span_means(model, texts, [layer_index], spans, skip, (), batch_size, progress, "emotion stories")
-    neutral_whole = span_means(
+    whole = span_means(
         model, texts[len(emotional) :], [layer_index], spans[len(emotional) :], 0, (), batch_size
     )
-    vectors = vectors_from_means(
-        means[: len(emotional), 0], [s.emotion for s in emotional], names, means[len(emotional) :, 0], n_pcs
+    vectors, mean, std = fit_vectors(
+        means[: len(emotional), 0],
+        [s.emotion for s in emotional],
+        names,
+        means[len(emotional) :, 0],
+        whole[:, 0],
+        n_pcs,
     )
-    calibration = neutral_whole[:, 0] @ (vectors / vectors.norm(dim=-1, keepdim=True)).T  # [neutral, emotion]
     meta = model_metadata(model)
     return EmotionVectors(
         names=names,
         layer=layer_index,
         vectors=vectors.float(),
-        neutral_mean=calibration.mean(0).float(),
-        neutral_std=calibration.std(0).float(),
+        neutral_mean=mean.float(),
+        neutral_std=std.float(),
         model_name=meta["model"],
         n_layers=int(meta["n_layers"]),
         settings={

@@ -78,9 +78,9 @@ class Story:
 class StorySettings:
     """How stories are written. The prompts are the shipped ones (``{emotion}``, ``{topic}``)."""
 
-    max_new_tokens: int = 160  # the prompts ask for 4-6 sentences: about 80-130 tokens
-    temperature: float = 0.0  # greedy; > 0 samples with a seed per story
-    top_p: float | None = None
+    max_new_tokens: int = 128  # the prompts ask for 4-6 sentences: about 80-150 tokens
+    temperature: float = 0.7  # sampled with a seed per story (SmolLM2's greedy stories loop); 0: greedy
+    top_p: float | None = 0.95
     seed: int = 0
     samples: int = 1  # stories per emotion and topic (distinct only when sampling)
     system: str | None = ""  # the system turn (moia.lm.chat)

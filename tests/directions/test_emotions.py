@@ -12,7 +12,6 @@ from moia.directions.activations import span_means, span_token_range
 from moia.directions.emotions import EmotionVectors, emotion_vectors, reading_text, vectors_from_means
 from moia.directions.stories import (
     NEUTRAL,
-    Story,
     StorySettings,
     cache_file,
     default_emotions,
@@ -21,56 +20,7 @@ from moia.directions.stories import (
     load_stories,
     story_topics,
 )
-from moia.lm.loading import cache_dir
-
-
-@pytest.fixture(scope="module")
-def tok():
-    path = cache_dir() / "models" / "smollm2-135m-instruct"
-    if not (path / "tokenizer_config.json").exists():
-        pytest.skip("smollm2-135m-instruct is not in the model cache")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
-@pytest.fixture(scope="module")
-def tiny_tok(tok):
-    """A 3-layer random HookedTransformer with SmolLM2's tokenizer (real tokens, fast forwards)."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(
-        n_layers=3,
-        d_model=32,
-        n_heads=4,
-        d_head=8,
-        d_mlp=64,
-        d_vocab=len(tok),
-        n_ctx=256,
-        act_fn="silu",
-        normalization_type="RMS",
-        positional_embedding_type="rotary",
-        gated_mlp=True,
-        rotary_dim=8,
-        seed=1,
-        model_name="tiny-tok",
-    )
-    return HookedTransformer(cfg, tokenizer=tok).eval()
-
-
-STORIES = [
-    Story("joy", "She laughed and spun around the kitchen, waving the letter over her head."),
-    Story("joy", "The children cheered when the boat finally reached the island."),
-    Story("joy", "He grinned all through dinner and hugged everyone twice."),
-    Story("anger", "He slammed the door so hard the frame cracked and the glass shook."),
-    Story("anger", "She tore the ticket in half and shouted at the empty street."),
-    Story("fear", "Something moved in the dark hallway and she held her breath, not daring to move."),
-    Story("fear", "His hands shook as the plane dropped and the lights flickered."),
-    Story(NEUTRAL, "The library opens at nine and closes at five on weekdays."),
-    Story(NEUTRAL, "The train leaves from platform four every twenty minutes."),
-    Story(NEUTRAL, "The table is made of oak and has a drawer at each end."),
-    Story(NEUTRAL, "Add two cups of flour and a pinch of salt, then stir."),
-]
+from tests.emotion_fixtures import STORIES
 
 
 def independent_vectors(model, stories, names, layer, skip, n_pcs):
@@ -125,7 +75,8 @@ def test_depth_fraction_layer(tiny_tok):
 
 
 # -------------------------------------------------------------------------------- the read
-def test_span_token_range_keeps_the_span_tokens(tok):
+def test_span_token_range_keeps_the_span_tokens(smollm2_tok):
+    tok = smollm2_tok
     text, span = reading_text(tok, "The cat sat.")
     ids, first, end = span_token_range(tok, text, span)
     assert text.startswith(tok.bos_token) and first == 1 and end == len(ids)
@@ -310,8 +261,22 @@ def test_unknown_shipped_emotion_and_story_files(tiny_tok, tmp_path):
     with pytest.raises(KeyError, match="emotion vectors are at layer 1, not 2"):
         ev.get("joy", 2)
     with pytest.raises(ValueError, match="samples > 1 needs temperature > 0"):
-        StorySettings(samples=2)
+        StorySettings(samples=2, temperature=0.0)
 
 
 def test_exported():
     assert moia.emotion_vectors is emotion_vectors and moia.EmotionVectors is EmotionVectors
+
+
+# ---------------------------------------------------------------------------------- real model
+@pytest.mark.slow
+def test_real_model_vectors_and_score(smollm2):
+    """SmolLM2: the vectors equal the run_with_cache computation, and score is batch-invariant."""
+    names = ["joy", "anger", "fear"]
+    ev = emotion_vectors(smollm2, names, layer=0.5, stories=STORIES, n_pcs=1, skip=3)
+    vectors, mean, std = independent_vectors(smollm2, STORIES, names, 15, 3, 1)
+    np.testing.assert_allclose(ev.vectors.double().numpy(), vectors, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(ev.neutral_std.double().numpy(), std, rtol=1e-3)
+    texts = ["I could not stop smiling all day.", "The bus leaves at nine.", "He punched the wall. " * 4]
+    alone = torch.cat([ev.score(smollm2, [t]) for t in texts])
+    torch.testing.assert_close(ev.score(smollm2, texts, batch_size=3), alone, rtol=1e-3, atol=1e-3)
