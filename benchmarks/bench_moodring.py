@@ -14,9 +14,9 @@ import os
 
 import pytest
 import torch
+from moia.kernels import intervention_reference
 
 import moia
-from moia.kernels import intervention_reference
 from moia.lm.decoding import generate_tokens
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

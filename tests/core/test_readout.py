@@ -99,7 +99,7 @@ def test_the_ring_changes_nothing_alone_and_composed(tok_model):
         for ring in (None, MoodRing(e, layer=LAYER)):
             ivs = [*extra, *([ring] if ring else [])]
             stepper = Stepper(tok_model, tokens.shape[0])
-            with moia.intervene(tok_model, *ivs, attention_mask=mask) as state:
+            with torch.no_grad(), moia.intervene(tok_model, *ivs, attention_mask=mask) as state:
                 state.manual = True
                 logits = [stepper.forward(tokens, mask)]
                 for _ in range(3):

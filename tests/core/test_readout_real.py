@@ -34,7 +34,8 @@ def test_readings_equal_an_uncached_run_with_cache(smollm2_any):
         assert (
             model.tokenizer.decode(tokens[ring.prompt_lengths[i] :], skip_special_tokens=True) == replies[i]
         )
-        _, cache = model.run_with_cache(ids, attention_mask=torch.ones_like(ids), names_filter=[name])
+        with torch.no_grad():
+            _, cache = model.run_with_cache(ids, attention_mask=torch.ones_like(ids), names_filter=[name])
         x = cache[name][0].double()
         ref = x @ _unit(e).double().T
         assert ring.raw[i].shape == ref.shape
@@ -54,7 +55,7 @@ def test_tokens_and_logits_identical_with_and_without_the_ring(smollm2):
         runs = []
         for ring in ([], [moia.MoodRing(e, layer=LAYER)]):
             stepper = Stepper(model, tokens.shape[0])
-            with moia.intervene(model, *others, *ring, attention_mask=mask) as state:
+            with torch.no_grad(), moia.intervene(model, *others, *ring, attention_mask=mask) as state:
                 state.manual = True
                 logits = [stepper.forward(tokens, mask)]
                 for _ in range(6):
@@ -64,3 +65,44 @@ def test_tokens_and_logits_identical_with_and_without_the_ring(smollm2):
             )
         assert torch.equal(runs[0][0], runs[1][0])
         assert runs[0][1] == runs[1][1]
+
+
+KERNEL_SCRIPT = """
+import json, sys, torch, moia
+torch.set_grad_enabled(False)
+model = moia.load_model("smollm2-135m-instruct")
+g = torch.Generator().manual_seed(0)
+e, r = torch.randn(3, model.cfg.d_model, generator=g), torch.randn(model.cfg.d_model, generator=g)
+ring = moia.MoodRing(e, layer=14)
+tokens = torch.randint(100, 40000, (2, 6), generator=g)
+ablation = moia.DirectionAblation(r, layers=[14], site="resid_post", weights=0.5)
+with moia.intervene(model, ablation, ring):
+    model(tokens)
+json.dump([t.tolist() for t in ring.raw], sys.stdout)
+"""
+
+
+def test_the_kernel_records_the_twins_readings_in_the_model(smollm2):
+    """Through the Triton kernel (interpreted on CPU, in a subprocess), beside an ablation at the
+    same hook point, the ring records what the twin records."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "MOIA_FORCE_TRITON": "1"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run(
+        [sys.executable, "-c", KERNEL_SCRIPT], env=env, cwd=root, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    kernel = [torch.tensor(t) for t in json.loads(out.stdout.strip().splitlines()[-1])]
+    g = torch.Generator().manual_seed(0)
+    e, r = torch.randn(3, smollm2.cfg.d_model, generator=g), torch.randn(smollm2.cfg.d_model, generator=g)
+    ring = moia.MoodRing(e, layer=14)
+    tokens = torch.randint(100, 40000, (2, 6), generator=g)
+    with torch.no_grad(), moia.intervene(smollm2, moia.DirectionAblation(r, [14], 0.5, "resid_post"), ring):
+        smollm2(tokens)
+    for got, want in zip(kernel, ring.raw, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
