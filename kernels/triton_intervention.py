@@ -4,6 +4,10 @@ The op (``reference.py`` is its torch twin and the test oracle)::
 
     out[i, t] = x[i, t] - Σ_j w_j (x[i, t]·R_j) R_j + b + s_i V_i · 1[t >= t0_i]
 
+and, optionally, the coefficients ``coeffs[i, t, j] = x[i, t]·E_j`` of read-only directions E (the
+mood ring, PROTOCOL §8) from the same tile of x already in registers: a readout costs no extra read
+of x, m·4 bytes written per position, and a readout alone skips the write of ``out`` (x is returned).
+
 Structure follows Triton's tutorials: the forward kernel and its byte count as in
 ``02-fused-softmax.py`` (one program per block of rows, the whole d_model row in registers), the
 backward as in ``05-layer-norm.py`` (dx from the same row pass, the bias gradient as a two-stage
@@ -39,6 +43,8 @@ from torch import Tensor
 # to be bandwidth-bound, the kernel to run at about the speed of ``x.clone()`` (the 2·N·e floor),
 # ~1.5x faster than the twin and ~6.5x faster than the naive chain. At decode shapes (8×1×d, a few
 # KB) every variant is launch-bound, and the win is launches: 1 against 2-4 (twin) and 8 (naive).
+# A readout of m directions adds m·4 bytes per position (the coefficients) and no read of x; alone,
+# it is N·e read + m·4·N/d_model written, half a copy.
 MAX_D_MODEL = 32768  # the whole row lives in registers; beyond this a row no longer fits
 
 # Kernel signatures stay compact, as in the Triton tutorials.
@@ -61,12 +67,23 @@ def _ablate(x, dir_ptr, w_ptr, batch_idx, row_ok, cols, col_ok, stride_rk, strid
 
 
 @triton.jit
+def _read(x, read_ptr, coef_ptr, batch_idx, t, row_ok, cols, col_ok, stride_ek, stride_cb, stride_ct,
+          KE: tl.constexpr):
+    """coeffs[row, j] = x·E_j (fp32) for the rows of a [BLOCK_M, BLOCK_D] tile; x is not changed."""
+    coef_offs = batch_idx * stride_cb + t * stride_ct
+    for j in tl.static_range(KE):
+        e = tl.load(read_ptr + j * stride_ek + cols, mask=col_ok, other=0.0).to(tl.float32)
+        tl.store(coef_ptr + coef_offs + j, tl.sum(x * e[None, :], axis=1), mask=row_ok)
+
+
+@triton.jit
 def _intervention_fwd_kernel(
-    x_ptr, out_ptr, dir_ptr, w_ptr, bias_ptr, vec_ptr, strength_ptr, start_ptr,
+    x_ptr, out_ptr, dir_ptr, w_ptr, bias_ptr, vec_ptr, strength_ptr, start_ptr, read_ptr, coef_ptr,
     n_rows, pos, d_model,
     stride_xb, stride_xt, stride_ob, stride_ot, stride_rk, stride_wb, stride_vb,
+    stride_ek, stride_cb, stride_ct,
     K: tl.constexpr, HAS_WEIGHTS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INJECTION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    KE: tl.constexpr, WRITE_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # rows of the (batch·pos) view
@@ -78,6 +95,9 @@ def _intervention_fwd_kernel(
     t = rows % pos
     x_offs = (batch_idx * stride_xb + t * stride_xt)[:, None] + cols[None, :]
     x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)  # the one read of x
+    if KE > 0:
+        _read(x, read_ptr, coef_ptr, batch_idx, t, row_ok, cols, col_ok, stride_ek, stride_cb, stride_ct,
+              KE)
 
     acc = _ablate(x, dir_ptr, w_ptr, batch_idx, row_ok, cols, col_ok, stride_rk, stride_wb,
                   K, HAS_WEIGHTS)
@@ -90,8 +110,9 @@ def _intervention_fwd_kernel(
         v = tl.load(vec_ptr + (batch_idx * stride_vb)[:, None] + cols[None, :], mask=mask, other=0.0)
         acc += s[:, None] * v.to(tl.float32)
 
-    out_offs = (batch_idx * stride_ob + t * stride_ot)[:, None] + cols[None, :]
-    tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)  # the one write
+    if WRITE_OUT:  # False for a readout alone: x is returned as it is
+        out_offs = (batch_idx * stride_ob + t * stride_ot)[:, None] + cols[None, :]
+        tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)  # the one write
 
 
 @triton.jit
@@ -163,12 +184,16 @@ def triton_intervention(
     starts: Int[Tensor, " batch"] | None = None,
     out: Float[Tensor, "batch pos d_model"] | None = None,
     inplace: bool = False,
+    readout: Float[Tensor, "m d_model"] | None = None,
+    coeffs: Float[Tensor, "batch pos m"] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
     """Apply the op with one read and one write of x; arguments as ``intervention_reference``.
 
     Only shared directions [k, d_model] are handled here (per-row ones go to the twin). ``out``
     receives the result (any strides with a contiguous last dim); ``inplace=True`` writes into x,
-    which is safe because every program reads its whole rows before it writes them.
+    which is safe because every program reads its whole rows before it writes them. ``readout``
+    [m, d_model] fills ``coeffs`` [batch, pos, m] (float32) with x·Eᵀ from the same read of x; with
+    nothing else to do, x itself is returned and nothing else is written.
     """
     if x.dim() != 3:
         raise ValueError(f"x must be [batch, pos, d_model], got {tuple(x.shape)}")
@@ -177,11 +202,27 @@ def triton_intervention(
     if vectors is not None and (strengths is None or starts is None):
         raise ValueError("vectors needs strengths and starts")
     batch, pos, d_model = x.shape
+    ke = 0 if readout is None else readout.shape[0]
+    if readout is not None:
+        if (
+            coeffs is None
+            or tuple(coeffs.shape) != (batch, pos, ke)
+            or coeffs.dtype != torch.float32
+            or coeffs.stride(-1) != 1
+        ):
+            raise ValueError(
+                f"readout needs coeffs, a float32 buffer of shape {(batch, pos, ke)} with a contiguous "
+                f"last dim, got {None if coeffs is None else (coeffs.dtype, tuple(coeffs.shape))}"
+            )
+        readout = readout.contiguous()
+    k = 0 if directions is None else directions.shape[0]
+    # a readout alone writes only its coefficients, and x is returned as it is
+    write_out = not (readout is not None and k == 0 and bias is None and vectors is None)
     if x.stride(-1) != 1:
         if inplace:
             raise ValueError("inplace needs x with a contiguous last dim")
         x = x.contiguous()
-    if inplace:
+    if inplace or not write_out:
         out = x
     elif out is None:
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -191,7 +232,6 @@ def triton_intervention(
     if n_rows == 0:
         return out
 
-    k = 0 if directions is None else directions.shape[0]
     dirs = directions.contiguous() if directions is not None and k > 0 else None
     w, stride_wb = _row_weights(weights, batch, k)
     bias = None if bias is None else bias.contiguous()
@@ -201,12 +241,14 @@ def triton_intervention(
     block_m, block_d, num_warps = _launch_config(d_model)
     grid = (triton.cdiv(n_rows, block_m),)
     _intervention_fwd_kernel[grid](
-        x, out, dirs, w, bias, vectors, strengths, starts,
+        x, out, dirs, w, bias, vectors, strengths, starts, readout, coeffs,
         n_rows, pos, d_model,
         x.stride(0), x.stride(1), out.stride(0), out.stride(1),
         0 if dirs is None else dirs.stride(0), stride_wb, 0 if vectors is None else vectors.stride(0),
+        0 if readout is None else readout.stride(0),
+        0 if coeffs is None else coeffs.stride(0), 0 if coeffs is None else coeffs.stride(1),
         K=k, HAS_WEIGHTS=w is not None, HAS_BIAS=bias is not None, HAS_INJECTION=vectors is not None,
-        BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps,
+        KE=ke, WRITE_OUT=write_out, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip
     return out
 

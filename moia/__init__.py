@@ -12,16 +12,26 @@ injected-thought experiment of [LINDSEY] (Lindsey 2025) and the refusal directio
 from importlib.metadata import version
 
 from . import experiment, training
+from .analysis import annotate
 from .core import (
     AdditiveVector,
+    Calibration,
     ConceptInjection,
     DirectionAblation,
+    MoodRing,
     fwd_hooks,
     intervene,
     orthogonalize_weights,
     resolve_layers,
 )
-from .directions import ConceptVectors, RefusalDirections, concept_vectors, refusal_directions
+from .directions import (
+    ConceptVectors,
+    EmotionVectors,
+    RefusalDirections,
+    concept_vectors,
+    emotion_vectors,
+    refusal_directions,
+)
 from .eval import Grade, grade
 from .lm import generate, load_model
 
@@ -29,12 +39,17 @@ __version__ = version("moia")
 
 __all__ = [
     "AdditiveVector",
+    "Calibration",
     "ConceptInjection",
     "ConceptVectors",
     "DirectionAblation",
+    "EmotionVectors",
     "Grade",
+    "MoodRing",
     "RefusalDirections",
+    "annotate",
     "concept_vectors",
+    "emotion_vectors",
     "experiment",
     "fwd_hooks",
     "generate",

@@ -10,7 +10,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from jaxtyping import install_import_hook  # noqa: E402
 
 TYPECHECKED = ["moia.core", "moia.lm", "moia.directions", "moia.eval", "moia.trials", "moia.experiment"]
-TYPECHECKED += ["moia.training", "moia.cli", "moia.io", "moia.kernels.reference"]  # not the Triton kernel
+TYPECHECKED += [
+    "moia.training",
+    "moia.cli",
+    "moia.io",
+    "moia.kernels.reference",
+    "moia.analysis",
+]  # not the Triton kernel
 import tests.typecheck  # noqa: E402,F401  (the checker the hook names)
 
 install_import_hook(TYPECHECKED, "tests.typecheck.typechecker")
@@ -129,6 +135,12 @@ def cached_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
+
+
+# ---------------------------------------------------------------------- emotion tests (PROTOCOL §7)
+@pytest.fixture(scope="session")
+def smollm2_tok():
+    return cached_tokenizer("smollm2-135m-instruct")
 
 
 GEMMA3_IT_TEMPLATE = os.path.join(os.path.dirname(__file__), "fixtures", "gemma3_it_chat_template.jinja")

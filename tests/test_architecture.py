@@ -18,10 +18,22 @@ ALLOWED = {
     "lm": {"io", "kernels", "core"},
     "eval": {"io"},
     "directions": {"io", "kernels", "core", "lm"},
+    "analysis": {"io", "kernels", "core", "lm", "directions", "eval"},
     "trials": {"io", "kernels", "core", "lm", "eval", "directions"},
-    "experiment": {"io", "kernels", "core", "lm", "eval", "directions", "trials"},
+    "experiment": {"io", "kernels", "core", "lm", "eval", "directions", "trials", "analysis"},
     "training": {"io", "kernels", "core", "lm", "eval", "directions", "trials"},
-    "cli": {"io", "kernels", "core", "lm", "eval", "directions", "trials", "experiment", "training"},
+    "cli": {
+        "io",
+        "kernels",
+        "core",
+        "lm",
+        "eval",
+        "directions",
+        "trials",
+        "experiment",
+        "training",
+        "analysis",
+    },
 }
 
 

@@ -14,7 +14,7 @@ import sys
 
 from ..eval.judge import JudgeError
 
-SUBCOMMANDS = ["reproduce", "demo", "directions", "train"]
+SUBCOMMANDS = ["reproduce", "demo", "directions", "train", "emotions", "moodring"]
 USER_ERRNOS = {
     errno.ENOSPC,
     errno.EROFS,

@@ -105,7 +105,8 @@ def add_options(
     defaults: dict[str, Any] | None = None,
     dest_prefix: str = "",
 ) -> None:
-    """Add one option per field of the dataclass ``config`` (except ``skip``)."""
+    """Add one option per field of the dataclass ``config`` (except ``skip``); ``dest_prefix``
+    prefixes the option and its dest (``"story_"``: ``--story-seed``, ``args.story_seed``)."""
     hints = typing.get_type_hints(config)
     skip = set(skip)
     defaults = defaults or {}
@@ -120,7 +121,7 @@ def add_options(
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         parser.add_argument(
-            f"--{f.name.replace('_', '-')}",
+            f"--{(dest_prefix + f.name).replace('_', '-')}",
             dest=dest_prefix + f.name,
             default=shown,
             help=f"{f.metadata.get('help', '')} (default: {shown!r})",

@@ -70,6 +70,15 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--ablation-site", choices=("resid_post", "writers", "resid_pre"), default=arm.site)
     p.add_argument("--threads", type=int, help="torch CPU threads (>= 1)")
     add_worker_options(p)
+    p.add_argument(
+        "--stimuli",
+        choices=("concepts", "emotions"),
+        default="concepts",
+        help="inject concept vectors (PROTOCOL §2) or emotion vectors (§7; moia.cli.emotions.run_reproduce)",
+    )
+    p.add_argument(
+        "--emotion-vectors", help="emotion-vector file for --stimuli emotions (default: extracted)"
+    )
     p.set_defaults(func=run)
 
 
@@ -116,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
     from ..experiment.results import TRIALS, read_trials
     from ..experiment.sweep import sweep_trials
 
+    if args.stimuli == "emotions":
+        from .emotions import run_reproduce
+
+        return run_reproduce(args)
     t0 = time.perf_counter()
     if args.threads is not None:
         if args.threads < 1:

@@ -10,6 +10,9 @@ Positions. ``ConceptInjection(start=...)`` counts positions of each *unpadded* p
 padding (from the attention mask) and subtracts the position of the tensor's first token, which it
 tracks from the embedding hook — a forward of several tokens starts a new sequence, a forward of one
 token continues the previous one (cached decoding). ``moia.lm.decoding`` drives it explicitly.
+
+Readouts (``SiteOp.readout``: the mood ring) are more coefficients of the same fused op; the hook
+hands them, with the offset and the attention mask from ``PositionState``, to each op's ``Reader``.
 """
 
 from collections.abc import Iterator, Sequence
@@ -22,7 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..kernels import PreparedIntervention, apply_prepared, prepare_intervention, run_prepared, uses_kernel
-from .interventions import Intervention, SiteOp
+from .interventions import Intervention, Reader, SiteOp
 from .linalg import orthonormal_rows
 from .model import LanguageModel
 from .sites import hook_name, hook_point
@@ -33,6 +36,7 @@ class PositionState:
     """Where the tensor a hook sees sits in each row's unpadded sequence."""
 
     pad: Tensor | None = None  # (B,) left padding per row, on the model's device
+    mask: Tensor | None = None  # (B, width) the attention mask itself (readouts drop its padding)
     prompt_lengths: Tensor | None = None  # (B,) unpadded prompt lengths, for checking starts
     offset: int = 0  # padded position of x[:, 0]
     seen: int = 0  # tokens processed in the current sequence
@@ -45,7 +49,7 @@ class PositionState:
         shares (``generate_shared_prefix``: an injection there must start after the padding).
         """
         if attention_mask is None:
-            self.pad = self.prompt_lengths = None
+            self.pad = self.prompt_lengths = self.mask = None
             return
         mask = attention_mask.to(torch.int64)
         if mask.dim() != 2:
@@ -60,6 +64,7 @@ class PositionState:
             )
         self.prompt_lengths = mask.sum(-1)
         self.pad = mask.shape[-1] - self.prompt_lengths
+        self.mask = mask
         self.seen = 0
 
     def on_forward(self, q_len: int) -> None:
@@ -103,6 +108,16 @@ class SiteHook:
             (op.bias, op.bias_scale) for op in ops if op.bias is not None and op.bias.requires_grad
         ]
         self.injections = [op for op in ops if op.vectors is not None]
+        self.readers: list[tuple[Reader, int]] = []  # (reader, its number of coefficients)
+        readouts = []
+        for op in ops:
+            if op.readout is None:
+                continue
+            if op.reader is None:
+                raise ValueError(f"a readout at {name} has no reader to hand its coefficients to")
+            self.readers.append((op.reader, op.readout.shape[0]))
+            readouts.append(op.readout)
+        self.readout = torch.cat(readouts) if readouts else None
         self.prepared = None if self.live_biases else self._prepare(self.bias)
         self.extra = [
             prepare_intervention(vectors=op.vectors, strengths=op.strengths) for op in self.injections[1:]
@@ -116,13 +131,14 @@ class SiteHook:
             bias,
             first.vectors if first else None,
             first.strengths if first else None,
+            self.readout,
         )
 
     def __call__(self, x: Float[Tensor, "batch pos d_model"], hook: Any = None) -> Tensor:
         if self.track:
             self.state.on_forward(x.shape[1])
         prepared = self.prepared
-        if prepared is not None and prepared.is_identity and not self.extra:
+        if prepared is not None and prepared.is_identity and prepared.readout is None and not self.extra:
             return x  # the position tracker alone: nothing to do to x
         if prepared is None:  # live biases: restack the (small) operands on every call
             bias = self.bias
@@ -133,12 +149,24 @@ class SiteHook:
                 bias = term if bias is None else bias + term
             prepared = self._prepare(bias)
         starts = self._injection(self.injections[0], x) if self.injections else None
+        coeffs = None
+        if self.readout is not None:
+            coeffs = torch.empty((*x.shape[:2], self.readout.shape[0]), dtype=torch.float32, device=x.device)
         if self.run is None:
             self.run = run_prepared if uses_kernel(x, prepared) else apply_prepared
-        out = self.run(x, prepared, starts)
+        out = self.run(x, prepared, starts, coeffs)
         for op, extra in zip(self.injections[1:], self.extra, strict=True):
             out = run_prepared(out, extra, self._injection(op, x))
+        if coeffs is not None:
+            self._hand_out(coeffs)
         return out
+
+    def _hand_out(self, coeffs: Tensor) -> None:
+        """Each reader gets its own columns, with where they sit in the sequence."""
+        column = 0
+        for reader, m in self.readers:
+            reader.record(coeffs[..., column : column + m], self.state.offset, self.state.mask)
+            column += m
 
     def _injection(self, op: SiteOp, x: Tensor) -> Tensor:
         """The op's starts in x's coordinates, after checking the batch and the prompt lengths."""
@@ -219,7 +247,7 @@ def compile_hooks(
         for name, op in intervention.site_ops(model):
             by_name.setdefault(name, []).append(op)
     state = PositionState()
-    track = any(op.vectors is not None for ops in by_name.values() for op in ops)
+    track = any(op.vectors is not None or op.readout is not None for ops in by_name.values() for op in ops)
     embed = hook_name(model, "embed")
     if track:
         by_name.setdefault(embed, [])

@@ -8,6 +8,9 @@ them into one hook per hook point, each a single call of the fused op (``moia.ke
 Arguments are checked here, when the intervention is built (finite values, integer positions,
 layer indices or depth fractions); shapes against the model when it is compiled. Directions are
 orthonormalised, cast and stacked once, never per call, and no d×d matrix is formed.
+
+A read-only op (``SiteOp.readout``, the mood ring of ``moia.core.readout``) adds coefficients to the
+same fused op and hands them to its ``Reader``; it never changes an activation.
 """
 
 import math
@@ -37,6 +40,8 @@ class SiteOp:
     vectors: Tensor | None = None  # (n, d), n = batch or 1
     strengths: Tensor | None = None  # (n,)
     starts: Tensor | None = None  # (n,) int64, in unpadded-prompt positions
+    readout: Tensor | None = None  # (m, d) read-only directions: their coefficients go to ``reader``
+    reader: "Reader | None" = None
 
 
 @runtime_checkable
@@ -44,6 +49,27 @@ class Intervention(Protocol):
     """What ``moia.intervene`` accepts: anything that says what it does at which hook points."""
 
     def site_ops(self, model: LanguageModel) -> list[tuple[str, SiteOp]]: ...
+
+
+@runtime_checkable
+class Reader(Protocol):
+    """Receives a readout's coefficients at every forward through its hook point.
+
+    ``coeffs`` [batch, pos, m] (float32) belong to padded positions ``offset .. offset + pos - 1`` of
+    the current sequence (``offset == 0``: a new sequence starts); ``mask`` is the attention mask of
+    the sequence's first forward ([batch, width], 1 = token, 0 = padding; None: no padding).
+    Positions at or beyond ``width`` are generated tokens, never padding.
+    """
+
+    def record(self, coeffs: Tensor, offset: int, mask: Tensor | None) -> None: ...
+
+
+@runtime_checkable
+class Recorder(Protocol):
+    """An intervention that wants the token ids of a finished generation (``moia.lm.decoding`` calls
+    ``finish`` with each row's unpadded prompt ids and generated ids, stop token excluded)."""
+
+    def finish(self, prompts: list[list[int]], generated: list[list[int]]) -> None: ...
 
 
 # ------------------------------------------------------------------------------------- checks

@@ -31,7 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..core.compile import intervene
-from ..core.interventions import Intervention
+from ..core.interventions import Intervention, Recorder
 from ..core.model import LanguageModel, device_of, hf_model, n_layers, wraps_hf
 from .chat import Messages, format_chat, stop_token_ids
 from .native import execution_model
@@ -330,7 +330,20 @@ def generate_tokens(
     with intervene(model, *interventions, attention_mask=attention_mask) as state:
         state.manual = True  # prefill, then one-token steps: offsets follow the tokens fed
         logits = stepper.forward(tokens, attention_mask)
-        return decode(model, logits, stepper.step, max_new_tokens, sampling, seeds)
+        new = decode(model, logits, stepper.step, max_new_tokens, sampling, seeds)
+    if any(isinstance(i, Recorder) for i in interventions):
+        prompts = [row[m.bool()].tolist() for row, m in zip(tokens, attention_mask, strict=True)]
+        finish_recorders(interventions, prompts, new)
+    return new
+
+
+def finish_recorders(
+    interventions: Sequence[Intervention], prompts: list[list[int]], generated: list[list[int]]
+) -> None:
+    """Hand each recording intervention (the mood ring) the rows' prompt and generated token ids."""
+    for intervention in interventions:
+        if isinstance(intervention, Recorder):
+            intervention.finish(prompts, generated)
 
 
 @torch.no_grad()
@@ -379,7 +392,9 @@ def generate_shared_prefix(
     with intervene(model, *shared, *per_row, attention_mask=full_mask) as state:
         state.manual, state.seen = True, len(prefix)  # the prefix is already in the cache
         logits = stepper.forward(tokens, mask)
-        return decode(model, logits, stepper.step, max_new_tokens, sampling, seeds)
+        new = decode(model, logits, stepper.step, max_new_tokens, sampling, seeds)
+    finish_recorders([*shared, *per_row], [[*prefix, *s] for s in suffixes], new)
+    return new
 
 
 def generate(

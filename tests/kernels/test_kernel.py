@@ -21,6 +21,7 @@ from types import ModuleType  # noqa: E402
 import moia.kernels as kernels  # noqa: E402
 import pytest  # noqa: E402
 from moia.kernels import fused_intervention, intervention_naive, intervention_reference  # noqa: E402
+from moia.kernels.reference import apply_prepared, prepare_intervention  # noqa: E402
 
 STARTS = [-3, 0, 10, 36, 50]  # before, at, inside, at the end of and after a 37-position sequence
 
@@ -174,6 +175,92 @@ def test_kernel_large_d_model(tk: ModuleType, d_model: int) -> None:
     torch.testing.assert_close(tk.triton_intervention(**inputs), intervention_reference(**inputs))
 
 
+# --- the readout (read-only directions, PROTOCOL §8) -----------------------------------------------
+
+
+def _readout(d_model: int, m: int, seed: int = 7) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randn(m, d_model, generator=g)
+    return (e / e.norm(dim=-1, keepdim=True)).to(DEVICE)
+
+
+def _poisoned(x: torch.Tensor, m: int) -> torch.Tensor:
+    return torch.full((*x.shape[:2], m), float("nan"), device=x.device)
+
+
+@pytest.mark.parametrize("m", [1, 4])
+def test_twin_readout_is_the_projection_and_changes_nothing(m: int) -> None:
+    inputs = make_inputs(3, 9, 64, 2, per_row_weights=True)
+    e = _readout(64, m)
+    coeffs = _poisoned(inputs["x"], m)
+    out = intervention_reference(**inputs, readout=e, coeffs=coeffs)
+    expected = (inputs["x"].double() @ e.double().T).float()  # float64 oracle
+    torch.testing.assert_close(coeffs, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out, intervention_reference(**inputs))  # bit for bit, beside the ablation
+    x = inputs["x"]
+    alone = torch.zeros(*x.shape[:2], m)
+    assert intervention_reference(x, readout=e, coeffs=alone) is x  # alone: x itself, not a copy
+    torch.testing.assert_close(alone, expected)
+
+
+def test_twin_readout_beside_per_row_directions() -> None:
+    inputs = make_inputs(4, 5, 64, 1)
+    inputs["directions"] = torch.stack([inputs["directions"].roll(i, dims=1) for i in range(4)])
+    e = _readout(64, 3)
+    coeffs = _poisoned(inputs["x"], 3)
+    out = intervention_reference(**inputs, readout=e, coeffs=coeffs)
+    assert torch.equal(out, intervention_reference(**inputs))
+    torch.testing.assert_close(coeffs, inputs["x"] @ e.T)
+
+
+def test_readout_errors() -> None:
+    x = torch.randn(2, 3, 8)
+    prepared = prepare_intervention(readout=torch.randn(2, 8))
+    with pytest.raises(ValueError, match="readout needs coeffs"):
+        apply_prepared(x, prepared)
+    with pytest.raises(ValueError, match=r"coeffs must be float32 of shape \(2, 3, 2\), got .*\(2, 3, 3\)"):
+        apply_prepared(x, prepared, coeffs=torch.zeros(2, 3, 3))
+    with pytest.raises(ValueError, match=r"coeffs must be float32"):
+        apply_prepared(x, prepared, coeffs=torch.zeros(2, 3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"readout must be \[m, d_model\] with m >= 1, got shape \(8,\)"):
+        prepare_intervention(readout=torch.randn(8))
+
+
+@pytest.mark.parametrize("extras", ["alone", "ablation", "all"])
+@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize("pos", [1, 37])
+@pytest.mark.parametrize("d_model", [576, 1000])
+def test_kernel_readout_matches_twin(tk: ModuleType, d_model: int, pos: int, m: int, extras: str) -> None:
+    k = 0 if extras == "alone" else 3
+    inputs = make_inputs(5, pos, d_model, k, bias=extras == "all", inject=extras == "all")
+    if k == 0:
+        inputs["directions"] = inputs["weights"] = None
+    e = _readout(d_model, m)
+    got, want = _poisoned(inputs["x"], m), _poisoned(inputs["x"], m)  # every coefficient is written
+    x_before = inputs["x"].clone()
+    out = tk.triton_intervention(**inputs, readout=e, coeffs=got)
+    expected = intervention_reference(**inputs, readout=e, coeffs=want)
+    torch.testing.assert_close(got, want)  # the kernel emits the twin's coefficients
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(inputs["x"], x_before)
+    if extras == "alone":
+        assert out is inputs["x"]  # nothing written
+    else:  # the readout leaves the kernel's own output bit for bit as it is
+        assert torch.equal(out, tk.triton_intervention(**inputs))
+
+
+def test_kernel_readout_low_precision_and_strided(tk: ModuleType) -> None:
+    inputs = make_inputs(3, 20, 640, 1, dtype=torch.bfloat16)
+    inputs["x"] = inputs["x"][:, ::2]  # non-contiguous rows
+    e = _readout(640, 3)
+    got = _poisoned(inputs["x"], 3)
+    tk.triton_intervention(**inputs, readout=e, coeffs=got)
+    expected = inputs["x"].double() @ e.double().T  # fp32 accumulation of the bf16 values
+    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="readout needs coeffs"):
+        tk.triton_intervention(inputs["x"], readout=e)
+
+
 # --- autograd and dispatch -------------------------------------------------------------------------
 
 
@@ -224,6 +311,17 @@ def test_dispatch(tk: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     weights = inputs["weights"].clone().requires_grad_()  # a trained w: only the twin gives its grad
     fused_intervention(x, **{**inputs, "weights": weights}).sum().backward()
     assert weights.grad is not None
+    e = _readout(576, 2)
+    for grad in (True, False):  # with gradients the coefficients are read beside the autograd op
+        coeffs = _poisoned(x, 2)
+        with torch.set_grad_enabled(grad):
+            y = fused_intervention(x, **inputs, readout=e, coeffs=coeffs)
+            assert y is not x
+            alone = _poisoned(x, 2)
+            assert fused_intervention(x, readout=e, coeffs=alone) is x
+        assert not coeffs.requires_grad
+        torch.testing.assert_close(coeffs, (x @ e.T).detach())
+        torch.testing.assert_close(alone, coeffs)
 
 
 def test_import_without_triton() -> None:
