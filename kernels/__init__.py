@@ -5,7 +5,7 @@ op's definition and ``triton_intervention.py`` for the kernel. The kernel is use
 with shared directions [k, d_model] (or none) when triton is installed (``pip install moia[triton]``);
 ``MOIA_FORCE_TRITON=1`` also sends CPU tensors to it, which only works under ``TRITON_INTERPRET=1``
 (how CI tests the kernel). Everything else -- per-row directions, gradients for directions,
-weights or vectors, no triton -- runs the twin.
+weights or vectors, gradients through a patch, no triton -- runs the twin.
 """
 
 import importlib.util
@@ -13,11 +13,12 @@ import os
 import warnings
 from types import ModuleType
 
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, is_grad_enabled
 
 from .reference import (
     PreparedIntervention,
+    apply_patch,
     apply_prepared,
     intervention_naive,
     intervention_reference,
@@ -74,12 +75,25 @@ def fused_intervention(
     vectors: Float[Tensor, "batch d_model"] | None = None,
     strengths: Float[Tensor, " batch"] | None = None,
     starts: Int[Tensor, " batch"] | None = None,
+    patch: Float[Tensor, "src pos d_model"] | None = None,
+    patch_mask: Bool[Tensor, "batch pos"] | None = None,
+    patch_index: Int[Tensor, " batch"] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
-    """Apply ablation, bias and injection to ``x``; same arguments and result as the twin."""
-    module = _kernel(x, directions, weights, vectors, strengths)
+    """Apply ablation, bias, injection and patch to ``x``; same arguments and result as the twin."""
+    module = _kernel(x, directions, weights, vectors, strengths, patch)
+    wants_grad = is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
+    if patch is not None and wants_grad:
+        module = None  # FusedIntervention's backward knows no patch (dx is 0 where it copies)
     if module is None:
-        return intervention_reference(x, directions, weights, bias, vectors, strengths, starts)
-    return _run_kernel(module, x, directions, weights, bias, vectors, strengths, starts)
+        return intervention_reference(
+            x, directions, weights, bias, vectors, strengths, starts, patch, patch_mask, patch_index
+        )
+    if patch is None:
+        return _run_kernel(module, x, directions, weights, bias, vectors, strengths, starts)
+    return module.triton_intervention(  # type: ignore[no-any-return]
+        x, directions, weights, bias, vectors, strengths, starts,
+        patch=patch, patch_mask=patch_mask, patch_index=patch_index,
+    )  # fmt: skip
 
 
 def run_prepared(
@@ -100,6 +114,7 @@ def run_prepared(
 
 __all__ = [
     "PreparedIntervention",
+    "apply_patch",
     "fused_intervention",
     "intervention_naive",
     "intervention_reference",

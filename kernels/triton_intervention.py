@@ -3,6 +3,7 @@
 The op (``reference.py`` is its torch twin and the test oracle)::
 
     out[i, t] = x[i, t] - Σ_j w_j (x[i, t]·R_j) R_j + b + s_i V_i · 1[t >= t0_i]
+    out[i, t] = P[src_i, t]   where the patch mask M[i, t] is set (activation patching)
 
 Structure follows Triton's tutorials: the forward kernel and its byte count as in
 ``02-fused-softmax.py`` (one program per block of rows, the whole d_model row in registers), the
@@ -19,6 +20,8 @@ import triton.language as tl
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .reference import check_patch
+
 # Bytes moved for x of N = batch·pos·d_model elements of e bytes each, with k directions, a bias and
 # an injection (R, w, b, V, s, t0 are a few KB and stay in cache).
 #
@@ -34,6 +37,9 @@ from torch import Tensor
 #
 # The twin (``intervention_reference``): x @ Rᵀ reads x, one baddbmm reads x and writes out:  3·N·e.
 # This kernel: reads x once and writes out once:                                              2·N·e.
+#
+# A patch adds, per position, one byte of mask and -- only where the mask is set -- one row of P:
+# a patching sweep sets one position (or one head) per row, so the traffic stays 2·N·e.
 #
 # So for the benchmarked op (k = 1 + bias + injection) we expect, once the tensors are large enough
 # to be bandwidth-bound, the kernel to run at about the speed of ``x.clone()`` (the 2·N·e floor),
@@ -63,9 +69,12 @@ def _ablate(x, dir_ptr, w_ptr, batch_idx, row_ok, cols, col_ok, stride_rk, strid
 @triton.jit
 def _intervention_fwd_kernel(
     x_ptr, out_ptr, dir_ptr, w_ptr, bias_ptr, vec_ptr, strength_ptr, start_ptr,
+    patch_ptr, pmask_ptr, pindex_ptr,
     n_rows, pos, d_model,
     stride_xb, stride_xt, stride_ob, stride_ot, stride_rk, stride_wb, stride_vb,
+    stride_pb, stride_pt, stride_mb,
     K: tl.constexpr, HAS_WEIGHTS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INJECTION: tl.constexpr,
+    HAS_PATCH: tl.constexpr, HAS_PATCH_INDEX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -89,6 +98,15 @@ def _intervention_fwd_kernel(
         s = tl.where(t >= t0, s, 0.0)
         v = tl.load(vec_ptr + (batch_idx * stride_vb)[:, None] + cols[None, :], mask=mask, other=0.0)
         acc += s[:, None] * v.to(tl.float32)
+    if HAS_PATCH:  # a copy, not x + (P - x): P passes through fp32 unchanged
+        hit = tl.load(pmask_ptr + batch_idx * stride_mb + t, mask=row_ok, other=0) != 0
+        if HAS_PATCH_INDEX:
+            src = tl.load(pindex_ptr + batch_idx, mask=row_ok, other=0)
+        else:
+            src = batch_idx  # stride_pb is 0 for a single source row
+        p_offs = (src * stride_pb + t * stride_pt)[:, None] + cols[None, :]
+        p = tl.load(patch_ptr + p_offs, mask=mask & hit[:, None], other=0.0)
+        acc = tl.where(hit[:, None], p.to(tl.float32), acc)
 
     out_offs = (batch_idx * stride_ob + t * stride_ot)[:, None] + cols[None, :]
     tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)  # the one write
@@ -163,6 +181,9 @@ def triton_intervention(
     starts: Int[Tensor, " batch"] | None = None,
     out: Float[Tensor, "batch pos d_model"] | None = None,
     inplace: bool = False,
+    patch: Float[Tensor, "src pos d_model"] | None = None,
+    patch_mask: Tensor | None = None,
+    patch_index: Int[Tensor, " batch"] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
     """Apply the op with one read and one write of x; arguments as ``intervention_reference``.
 
@@ -176,6 +197,7 @@ def triton_intervention(
         raise ValueError("the kernel takes shared directions [k, d_model]; use intervention_reference")
     if vectors is not None and (strengths is None or starts is None):
         raise ValueError("vectors needs strengths and starts")
+    check_patch(x, patch, patch_mask, patch_index)
     batch, pos, d_model = x.shape
     if x.stride(-1) != 1:
         if inplace:
@@ -198,14 +220,25 @@ def triton_intervention(
     if vectors is not None:
         assert strengths is not None and starts is not None
         vectors, strengths, starts = vectors.contiguous(), strengths.contiguous(), starts.contiguous()
+    pmask = stride_pb = stride_pt = stride_mb = None
+    if patch is not None:
+        assert patch_mask is not None
+        patch = patch.to(x.dtype) if patch.stride(-1) == 1 else patch.to(x.dtype).contiguous()
+        pmask = patch_mask.contiguous().view(torch.uint8)  # bool as bytes
+        per_row = patch_index is not None or patch.shape[0] > 1
+        stride_pb, stride_pt, stride_mb = patch.stride(0) if per_row else 0, patch.stride(1), pmask.stride(0)
+        patch_index = None if patch_index is None else patch_index.contiguous()
     block_m, block_d, num_warps = _launch_config(d_model)
     grid = (triton.cdiv(n_rows, block_m),)
     _intervention_fwd_kernel[grid](
         x, out, dirs, w, bias, vectors, strengths, starts,
+        patch, pmask, patch_index,
         n_rows, pos, d_model,
         x.stride(0), x.stride(1), out.stride(0), out.stride(1),
         0 if dirs is None else dirs.stride(0), stride_wb, 0 if vectors is None else vectors.stride(0),
+        stride_pb or 0, stride_pt or 0, stride_mb or 0,
         K=k, HAS_WEIGHTS=w is not None, HAS_BIAS=bias is not None, HAS_INJECTION=vectors is not None,
+        HAS_PATCH=patch is not None, HAS_PATCH_INDEX=patch_index is not None,
         BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip
     return out
