@@ -100,7 +100,7 @@ def _intervention_fwd_kernel(
         acc += s[:, None] * v.to(tl.float32)
     if HAS_PATCH:  # a copy, not x + (P - x): P passes through fp32 unchanged
         hit = tl.load(pmask_ptr + batch_idx * stride_mb + t, mask=row_ok, other=0) != 0
-        if HAS_PATCH_INDEX:
+        if HAS_PATCH_INDEX:  # noqa: SIM108 (a constexpr branch, resolved when compiled)
             src = tl.load(pindex_ptr + batch_idx, mask=row_ok, other=0)
         else:
             src = batch_idx  # stride_pb is 0 for a single source row
