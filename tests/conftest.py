@@ -11,6 +11,7 @@ from jaxtyping import install_import_hook  # noqa: E402
 
 TYPECHECKED = ["moia.core", "moia.lm", "moia.directions", "moia.eval", "moia.trials", "moia.experiment"]
 TYPECHECKED += ["moia.training", "moia.cli", "moia.io", "moia.kernels.reference"]  # not the Triton kernel
+TYPECHECKED += ["moia.analysis"]
 import tests.typecheck  # noqa: E402,F401  (the checker the hook names)
 
 install_import_hook(TYPECHECKED, "tests.typecheck.typechecker")

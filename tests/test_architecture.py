@@ -19,9 +19,21 @@ ALLOWED = {
     "eval": {"io"},
     "directions": {"io", "kernels", "core", "lm"},
     "trials": {"io", "kernels", "core", "lm", "eval", "directions"},
-    "experiment": {"io", "kernels", "core", "lm", "eval", "directions", "trials"},
+    "analysis": {"io", "kernels", "core", "lm", "directions", "eval"},
+    "experiment": {"io", "kernels", "core", "lm", "eval", "directions", "trials", "analysis"},
     "training": {"io", "kernels", "core", "lm", "eval", "directions", "trials"},
-    "cli": {"io", "kernels", "core", "lm", "eval", "directions", "trials", "experiment", "training"},
+    "cli": {
+        "io",
+        "kernels",
+        "core",
+        "lm",
+        "eval",
+        "directions",
+        "trials",
+        "experiment",
+        "training",
+        "analysis",
+    },
 }
 
 
