@@ -44,5 +44,12 @@ if [ -f benchmarks/bench_model.py ]; then
         --benchmark-json "$OUT/bench_model.json" --benchmark-max-time=0.5
 fi
 
+# Activation patching (bench_patching.py): the resid_pre sweep of a 16-token pair on SmolLM2, moia's
+# batched sweep against transformer_lens.patching's 480 batch-1 forwards, on CUDA; at most 180 s.
+if [ -f benchmarks/bench_patching.py ]; then
+    step bench_patching 180 "$PY" -m pytest benchmarks/bench_patching.py --benchmark-enable -q -s -p no:cacheprovider \
+        --benchmark-json "$OUT/bench_patching.json"
+fi
+
 cat "$STATUS"
 exit "$failed"

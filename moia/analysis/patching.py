@@ -80,7 +80,10 @@ class PatchHook:
     def __call__(self, x: Tensor, hook: Any = None) -> Tensor:
         x3 = x.reshape(x.shape[0], -1, x.shape[-1]) if self.heads else x
         out = fused_intervention(x3, patch=self.clean, patch_mask=self.mask, patch_index=self.index)
-        return out.view(x.shape)
+        # Written in place, as TransformerLens' patch setter writes: on the bridge ``resid_mid`` is
+        # the input of ln2, the very tensor the Hugging Face layer keeps as its residual, so a
+        # returned copy would reach the MLP branch alone and leave the residual stream unpatched.
+        return x.copy_(out.view(x.shape))
 
 
 class MetricValues:
@@ -91,7 +94,7 @@ class MetricValues:
     called once per run on that run's rows -- the forward is still batched, only the metric loops.
     """
 
-    def __init__(self, metric: Metric) -> None:
+    def __init__(self, metric: Any) -> None:  # Any: the callable check below is the message
         if not callable(metric):
             raise TypeError(f"metric must be callable, got {type(metric).__name__}")
         self.metric, self.per_run = metric, False

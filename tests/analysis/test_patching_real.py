@@ -94,7 +94,7 @@ def test_attribution_tracks_the_exact_sweep_on_ioi(smollm2) -> None:
     clean, corrupted, metric, _ = setup(smollm2, IOI_CLEAN, IOI_CORRUPTED)
     sites = ["attn_out", "attn_head_out_all_pos"]
     estimate = patching.attribution(smollm2, corrupted, clean, lambda lg: metric(lg).sum(), site=sites)
-    for site, floor in zip(sites, (0.9, 0.9), strict=True):
+    for site, floor in zip(sites, (0.85, 0.85), strict=True):  # measured: 0.919, 0.930
         exact = patching.sweep(smollm2, corrupted, clean, metric, site)
         r = torch.corrcoef(torch.stack([exact.flatten(), estimate[site].flatten()]))[0, 1]
         assert float(r) > floor, (site, float(r))
