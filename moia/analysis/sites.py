@@ -177,7 +177,7 @@ def clean_activations(
         names = hook_names(model, site, layers)
         acts = read_activations(model, tokens, mask, list(names.values()))
         return {layer: acts[names[layer]] for layer in layers}
-    if not isinstance(clean, Mapping) and not hasattr(clean, "__getitem__"):
+    if not isinstance(clean, Mapping) and not (hasattr(clean, "keys") and hasattr(clean, "__getitem__")):
         raise TypeError(
             f"clean_cache_or_tokens: expected an ActivationCache, a dict of activations or token ids, "
             f"got {type(clean).__name__}"

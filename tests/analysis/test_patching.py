@@ -167,6 +167,10 @@ def test_errors(tiny) -> None:
             row_metric,
             "resid_mid",
         )
+    with pytest.raises(
+        TypeError, match="expected an ActivationCache, a dict of activations or token ids, got list"
+    ):
+        patching.sweep(tiny, corrupted, [cache], row_metric)
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         patching.sweep(tiny, corrupted, clean, row_metric, batch_size=0)
     with pytest.raises(ValueError, match="layers: layer 2 out of range for a model with 2 layers"):
