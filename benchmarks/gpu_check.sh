@@ -72,6 +72,13 @@ else
     step gpu_model 240 "$PY" benchmarks/gpu_figures.py model --out "$OUT/model.json"
 fi
 
+# Activation patching (bench_patching.py): the resid_pre sweep of a 16-token pair on SmolLM2, moia's
+# batched sweep against transformer_lens.patching's 480 batch-1 forwards, on CUDA; at most 180 s.
+if [ "$SMOKE" -eq 0 ]; then  # on CPU the peer takes many minutes: GPU only
+    step bench_patching 180 "$PY" -m pytest benchmarks/bench_patching.py --benchmark-enable -q -s -p no:cacheprovider \
+        --benchmark-json "$OUT/bench_patching.json"
+fi
+
 "$PY" - "$OUT" "$SMOKE" <<'EOF'
 import json, pathlib, sys
 out, smoke = pathlib.Path(sys.argv[1]), sys.argv[2] == "1"

@@ -5,7 +5,7 @@ op's definition and ``triton_intervention.py`` for the kernel. The kernel is use
 with shared directions [k, d_model] (or none) when triton is installed (``pip install moia[triton]``);
 ``MOIA_FORCE_TRITON=1`` also sends CPU tensors to it, which only works under ``TRITON_INTERPRET=1``
 (how CI tests the kernel). Everything else -- per-row directions, gradients for directions,
-weights or vectors, no triton -- runs the twin.
+weights or vectors, gradients through a patch, no triton -- runs the twin.
 
 A *readout* (read-only directions E, the mood ring of PROTOCOL §8) rides along: ``readout`` [m,
 d_model] and a float32 buffer ``coeffs`` [batch, pos, m] that receives x·Eᵀ of the op's input. It
@@ -17,11 +17,12 @@ import os
 import warnings
 from types import ModuleType
 
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, is_grad_enabled
 
 from .reference import (
     PreparedIntervention,
+    apply_patch,
     apply_prepared,
     intervention_naive,
     intervention_reference,
@@ -91,15 +92,27 @@ def fused_intervention(
     starts: Int[Tensor, " batch"] | None = None,
     readout: Float[Tensor, "m d_model"] | None = None,
     coeffs: Float[Tensor, "batch pos m"] | None = None,
+    patch: Float[Tensor, "src pos d_model"] | None = None,
+    patch_mask: Bool[Tensor, "batch pos"] | None = None,
+    patch_index: Int[Tensor, " batch"] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
-    """Apply ablation, bias and injection to ``x``; same arguments and result as the twin."""
-    module = _kernel(x, directions, weights, vectors, strengths)
+    """Apply ablation, bias, injection and patch to ``x``; same arguments and result as the twin."""
+    module = _kernel(x, directions, weights, vectors, strengths, patch)
+    wants_grad = is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
+    if patch is not None and wants_grad:
+        module = None  # FusedIntervention's backward knows no patch (dx is 0 where it copies)
     if module is None:
         return intervention_reference(
-            x, directions, weights, bias, vectors, strengths, starts, readout, coeffs
-        )
+            x, directions, weights, bias, vectors, strengths, starts, readout, coeffs,
+            patch, patch_mask, patch_index,
+        )  # fmt: skip
     args = (directions, weights, bias, vectors, strengths, starts)
-    return _run_kernel(module, x, *args, readout=readout, coeffs=coeffs)
+    if patch is None:
+        return _run_kernel(module, x, *args, readout=readout, coeffs=coeffs)
+    return module.triton_intervention(  # type: ignore[no-any-return]
+        x, *args, readout=readout, coeffs=coeffs,
+        patch=patch, patch_mask=patch_mask, patch_index=patch_index,
+    )  # fmt: skip
 
 
 def uses_kernel(x: Tensor, prepared: PreparedIntervention) -> bool:
@@ -131,6 +144,7 @@ def run_prepared(
 
 __all__ = [
     "PreparedIntervention",
+    "apply_patch",
     "fused_intervention",
     "intervention_naive",
     "intervention_reference",

@@ -10,6 +10,14 @@ and (V_i, s_i, t0_i) a per-row injection with its own start. ``starts`` are posi
 coordinates* (the caller has already shifted them by the row's left padding and, in cached
 decoding, by the position of x[:, 0]); a start <= 0 injects everywhere, a start >= pos nowhere.
 
+Where a per-row patch mask is set, the op copies instead (activation patching, PROTOCOL §9)::
+
+    out[i, t] = P[src_i, t]      if M[i, t]
+
+(P, M, src) is a patch: P [n_src, pos, d_model] holds source activations (a clean run's), M [batch,
+pos] marks the positions each row takes from its source row src_i (``patch_index``; without it, row
+i reads P[0] when n_src = 1, else P[i]). The patched value is a copy, bit for bit, not x + (P - x).
+
 Cost, for x of N elements: the coefficients x @ Rᵀ read x once; one ``addmm`` (``baddbmm`` when
 something is per row) reads x and writes the ablated output; the bias and the masked injection are
 added to that output in place (``add_``, ``addcmul_``: one read and write each, but no new
@@ -30,7 +38,7 @@ bit those without the readout (BLAS rounds a column differently when its matrix 
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 
@@ -136,6 +144,43 @@ def apply_prepared(
     return x.clone() if out is None else out
 
 
+def check_patch(
+    x: Tensor, patch: Tensor | None, patch_mask: Tensor | None, patch_index: Tensor | None
+) -> None:
+    """Shapes of a patch (P, M, src) against x [batch, pos, d_model]; see the module docstring."""
+    if patch is None:
+        if patch_mask is not None or patch_index is not None:
+            raise ValueError("patch_mask and patch_index need a patch")
+        return
+    batch, pos, d_model = x.shape
+    if patch.dim() != 3 or patch.shape[1:] != (pos, d_model):
+        raise ValueError(f"patch must be [n_src, {pos}, {d_model}], got {tuple(patch.shape)}")
+    if patch_mask is None or patch_mask.dtype != torch.bool or patch_mask.shape != (batch, pos):
+        got = None if patch_mask is None else (tuple(patch_mask.shape), patch_mask.dtype)
+        raise ValueError(f"a patch needs patch_mask, a bool [{batch}, {pos}] tensor, got {got}")
+    if patch_index is None:
+        if patch.shape[0] not in (1, batch):
+            raise ValueError(
+                f"patch has {patch.shape[0]} source rows for a batch of {batch}: give patch_index"
+            )
+    elif patch_index.shape != (batch,) or patch_index.is_floating_point():
+        raise ValueError(f"patch_index must be integer [{batch}], got {tuple(patch_index.shape)}")
+
+
+def apply_patch(
+    base: Float[Tensor, "batch pos d_model"],
+    patch: Float[Tensor, "src pos d_model"],
+    patch_mask: Bool[Tensor, "batch pos"],
+    patch_index: Int[Tensor, " batch"] | None = None,
+) -> Float[Tensor, "batch pos d_model"]:
+    """``base`` with the masked positions copied from their source rows of ``patch``.
+
+    One ``torch.where``: reads base once, writes once; a single source row broadcasts (no copy).
+    """
+    source = patch if patch_index is None else patch.index_select(0, patch_index)
+    return torch.where(patch_mask[..., None], source.to(base.dtype), base)
+
+
 def intervention_reference(
     x: Float[Tensor, "batch pos d_model"],
     directions: Tensor | None = None,
@@ -146,9 +191,12 @@ def intervention_reference(
     starts: Int[Tensor, " batch"] | None = None,
     readout: Float[Tensor, "m d_model"] | None = None,
     coeffs: Float[Tensor, "batch pos m"] | None = None,
+    patch: Float[Tensor, "src pos d_model"] | None = None,
+    patch_mask: Bool[Tensor, "batch pos"] | None = None,
+    patch_index: Int[Tensor, " batch"] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
-    """Apply ablation, bias and injection to ``x`` and return a new tensor (x itself for a readout
-    alone).
+    """Apply ablation, bias, injection and patch to ``x`` and return a new tensor (x itself for a
+    readout alone).
 
     Args:
         x: activations [batch, pos, d_model].
@@ -162,11 +210,19 @@ def intervention_reference(
         starts: [batch] integer first position (in x's coordinates) that receives the injection.
         readout: [m, d_model] read-only directions; their coefficients x·Eᵀ go to ``coeffs``.
         coeffs: [batch, pos, m] float32 buffer, required with ``readout``, filled in place.
+        patch: [n_src, pos, d_model] source activations copied where ``patch_mask`` is set.
+        patch_mask: [batch, pos] bool, the positions each row takes from its source row.
+        patch_index: [batch] the source row of each batch row (default: 0, or i when n_src = batch).
     """
     if vectors is not None and (strengths is None or starts is None):
         raise ValueError("vectors needs strengths and starts")
+    check_patch(x, patch, patch_mask, patch_index)
     prepared = prepare_intervention(directions, weights, bias, vectors, strengths, readout)
-    return apply_prepared(x, prepared, starts, coeffs)
+    if patch is None:
+        return apply_prepared(x, prepared, starts, coeffs)
+    assert patch_mask is not None
+    base = apply_prepared(x, prepared, starts, coeffs)  # x itself when there is nothing to add
+    return apply_patch(base, patch, patch_mask, patch_index)
 
 
 def intervention_naive(
@@ -177,6 +233,9 @@ def intervention_naive(
     vectors: Tensor | None = None,
     strengths: Tensor | None = None,
     starts: Tensor | None = None,
+    patch: Tensor | None = None,
+    patch_mask: Tensor | None = None,
+    patch_index: Tensor | None = None,
 ) -> Tensor:
     """The TransformerLens-style chain of separate ops (the baseline the twin and kernel beat)."""
     out = x
@@ -194,4 +253,10 @@ def intervention_naive(
         t = torch.arange(x.shape[1], device=x.device)
         mask = (t[None, :] >= starts[:, None]).to(x.dtype)[..., None]
         out = out + mask * (strengths[:, None] * vectors)[:, None, :]
+    if patch is not None:  # TransformerLens' patch setter: index assignment, row by row
+        assert patch_mask is not None
+        out = out.clone()
+        for i in range(x.shape[0]):
+            src = int(patch_index[i]) if patch_index is not None else (i if patch.shape[0] > 1 else 0)
+            out[i, patch_mask[i]] = patch[src, patch_mask[i]].to(out.dtype)
     return out

@@ -3,6 +3,7 @@
 The op (``reference.py`` is its torch twin and the test oracle)::
 
     out[i, t] = x[i, t] - Σ_j w_j (x[i, t]·R_j) R_j + b + s_i V_i · 1[t >= t0_i]
+    out[i, t] = P[src_i, t]   where the patch mask M[i, t] is set (activation patching)
 
 and, optionally, the coefficients ``coeffs[i, t, j] = x[i, t]·E_j`` of read-only directions E (the
 mood ring, PROTOCOL §8) from the same tile of x already in registers: a readout costs no extra read
@@ -23,6 +24,8 @@ import triton.language as tl
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .reference import check_patch
+
 # Bytes moved for x of N = batch·pos·d_model elements of e bytes each, with k directions, a bias and
 # an injection (R, w, b, V, s, t0 are a few KB and stay in cache).
 #
@@ -38,6 +41,9 @@ from torch import Tensor
 #
 # The twin (``intervention_reference``): x @ Rᵀ reads x, one baddbmm reads x and writes out:  3·N·e.
 # This kernel: reads x once and writes out once:                                              2·N·e.
+#
+# A patch adds, per position, one byte of mask and -- only where the mask is set -- one row of P:
+# a patching sweep sets one position (or one head) per row, so the traffic stays 2·N·e.
 #
 # So for the benchmarked op (k = 1 + bias + injection) we expect, once the tensors are large enough
 # to be bandwidth-bound, the kernel to run at about the speed of ``x.clone()`` (the 2·N·e floor),
@@ -79,11 +85,13 @@ def _read(x, read_ptr, coef_ptr, batch_idx, t, row_ok, cols, col_ok, stride_ek, 
 @triton.jit
 def _intervention_fwd_kernel(
     x_ptr, out_ptr, dir_ptr, w_ptr, bias_ptr, vec_ptr, strength_ptr, start_ptr, read_ptr, coef_ptr,
+    patch_ptr, pmask_ptr, pindex_ptr,
     n_rows, pos, d_model,
     stride_xb, stride_xt, stride_ob, stride_ot, stride_rk, stride_wb, stride_vb,
-    stride_ek, stride_cb, stride_ct,
+    stride_ek, stride_cb, stride_ct, stride_pb, stride_pt, stride_mb,
     K: tl.constexpr, HAS_WEIGHTS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INJECTION: tl.constexpr,
-    KE: tl.constexpr, WRITE_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    KE: tl.constexpr, WRITE_OUT: tl.constexpr, HAS_PATCH: tl.constexpr, HAS_PATCH_INDEX: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # rows of the (batch·pos) view
@@ -109,6 +117,15 @@ def _intervention_fwd_kernel(
         s = tl.where(t >= t0, s, 0.0)
         v = tl.load(vec_ptr + (batch_idx * stride_vb)[:, None] + cols[None, :], mask=mask, other=0.0)
         acc += s[:, None] * v.to(tl.float32)
+    if HAS_PATCH:  # a copy, not x + (P - x): P passes through fp32 unchanged
+        hit = tl.load(pmask_ptr + batch_idx * stride_mb + t, mask=row_ok, other=0) != 0
+        if HAS_PATCH_INDEX:  # noqa: SIM108 (a constexpr branch, resolved when compiled)
+            src = tl.load(pindex_ptr + batch_idx, mask=row_ok, other=0)
+        else:
+            src = batch_idx  # stride_pb is 0 for a single source row
+        p_offs = (src * stride_pb + t * stride_pt)[:, None] + cols[None, :]
+        p = tl.load(patch_ptr + p_offs, mask=mask & hit[:, None], other=0.0)
+        acc = tl.where(hit[:, None], p.to(tl.float32), acc)
 
     if WRITE_OUT:  # False for a readout alone: x is returned as it is
         out_offs = (batch_idx * stride_ob + t * stride_ot)[:, None] + cols[None, :]
@@ -186,6 +203,9 @@ def triton_intervention(
     inplace: bool = False,
     readout: Float[Tensor, "m d_model"] | None = None,
     coeffs: Float[Tensor, "batch pos m"] | None = None,
+    patch: Float[Tensor, "src pos d_model"] | None = None,
+    patch_mask: Tensor | None = None,
+    patch_index: Int[Tensor, " batch"] | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
     """Apply the op with one read and one write of x; arguments as ``intervention_reference``.
 
@@ -201,6 +221,7 @@ def triton_intervention(
         raise ValueError("the kernel takes shared directions [k, d_model]; use intervention_reference")
     if vectors is not None and (strengths is None or starts is None):
         raise ValueError("vectors needs strengths and starts")
+    check_patch(x, patch, patch_mask, patch_index)
     batch, pos, d_model = x.shape
     ke = 0 if readout is None else readout.shape[0]
     if readout is not None:
@@ -217,7 +238,7 @@ def triton_intervention(
         readout = readout.contiguous()
     k = 0 if directions is None else directions.shape[0]
     # a readout alone writes only its coefficients, and x is returned as it is
-    write_out = not (readout is not None and k == 0 and bias is None and vectors is None)
+    write_out = not (readout is not None and k == 0 and bias is None and vectors is None and patch is None)
     if x.stride(-1) != 1:
         if inplace:
             raise ValueError("inplace needs x with a contiguous last dim")
@@ -238,17 +259,28 @@ def triton_intervention(
     if vectors is not None:
         assert strengths is not None and starts is not None
         vectors, strengths, starts = vectors.contiguous(), strengths.contiguous(), starts.contiguous()
+    pmask = stride_pb = stride_pt = stride_mb = None
+    if patch is not None:
+        assert patch_mask is not None
+        patch = patch.to(x.dtype) if patch.stride(-1) == 1 else patch.to(x.dtype).contiguous()
+        pmask = patch_mask.contiguous().view(torch.uint8)  # bool as bytes
+        per_row = patch_index is not None or patch.shape[0] > 1
+        stride_pb, stride_pt, stride_mb = patch.stride(0) if per_row else 0, patch.stride(1), pmask.stride(0)
+        patch_index = None if patch_index is None else patch_index.contiguous()
     block_m, block_d, num_warps = _launch_config(d_model)
     grid = (triton.cdiv(n_rows, block_m),)
     _intervention_fwd_kernel[grid](
         x, out, dirs, w, bias, vectors, strengths, starts, readout, coeffs,
+        patch, pmask, patch_index,
         n_rows, pos, d_model,
         x.stride(0), x.stride(1), out.stride(0), out.stride(1),
         0 if dirs is None else dirs.stride(0), stride_wb, 0 if vectors is None else vectors.stride(0),
         0 if readout is None else readout.stride(0),
         0 if coeffs is None else coeffs.stride(0), 0 if coeffs is None else coeffs.stride(1),
+        stride_pb or 0, stride_pt or 0, stride_mb or 0,
         K=k, HAS_WEIGHTS=w is not None, HAS_BIAS=bias is not None, HAS_INJECTION=vectors is not None,
-        KE=ke, WRITE_OUT=write_out, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps,
+        KE=ke, WRITE_OUT=write_out, HAS_PATCH=patch is not None, HAS_PATCH_INDEX=patch_index is not None,
+        BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip
     return out
 

@@ -5,14 +5,14 @@ injected-thought experiment of [LINDSEY] (Lindsey 2025) and the refusal directio
 (Arditi et al. 2024); ``docs/protocol.md`` states the science. The layers, lowest first:
 ``core`` (interventions, hooks) · ``kernels`` (the fused op) · ``lm`` (models, chat, decoding) ·
 ``directions`` · ``eval`` (grading, statistics) · ``trials`` · ``experiment`` and ``training`` ·
-``cli``. The names below are the public surface; the experiment and the trainer are
-``moia.experiment`` and ``moia.training``.
+``cli``; ``analysis`` reads a model (activation patching, ``moia.patching``). The names below are
+the public surface; the experiment and the trainer are ``moia.experiment`` and ``moia.training``.
 """
 
 from importlib.metadata import version
 
 from . import experiment, training
-from .analysis import annotate
+from .analysis import annotate, patching
 from .core import (
     AdditiveVector,
     Calibration,
@@ -57,6 +57,7 @@ __all__ = [
     "intervene",
     "load_model",
     "orthogonalize_weights",
+    "patching",
     "refusal_directions",
     "resolve_layers",
     "training",

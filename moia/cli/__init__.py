@@ -14,7 +14,7 @@ import sys
 
 from ..eval.judge import JudgeError
 
-SUBCOMMANDS = ["reproduce", "demo", "directions", "train", "emotions", "moodring"]
+SUBCOMMANDS = ["reproduce", "demo", "directions", "train", "emotions", "moodring", "patch"]
 USER_ERRNOS = {
     errno.ENOSPC,
     errno.EROFS,

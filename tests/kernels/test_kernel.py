@@ -354,3 +354,104 @@ def test_a_broken_triton_says_so_once(monkeypatch):
     with pytest.warns(RuntimeWarning, match="triton is installed but cannot be imported.*libcuda"):
         assert kernels._kernel_module() is None
     assert kernels._HAS_TRITON is False
+
+
+# --- patches (activation patching: a per-row copy from source rows) --------------------------------
+
+
+def make_patch(batch: int, pos: int, d_model: int, mode: str, seed: int = 3) -> dict:
+    """A patch whose mask sets one position per row (row i: position i % pos), plus one row with two
+    and one with none; ``mode``: one shared source row, one per row, or an index into 3 sources."""
+    g = torch.Generator().manual_seed(seed)
+    n_src = {"shared": 1, "per_row": batch, "indexed": 3}[mode]
+    mask = torch.zeros(batch, pos, dtype=torch.bool)
+    mask[torch.arange(batch), torch.arange(batch) % pos] = True
+    mask[0, -1] = True
+    if batch > 2:
+        mask[1] = False
+    return {
+        "patch": (100 * torch.randn(n_src, pos, d_model, generator=g)).to(DEVICE),
+        "patch_mask": mask.to(DEVICE),
+        "patch_index": torch.randint(0, 3, (batch,), generator=g).to(DEVICE) if mode == "indexed" else None,
+    }
+
+
+@pytest.mark.parametrize("mode", ["shared", "per_row", "indexed"])
+@pytest.mark.parametrize("extras", [False, True])
+def test_twin_patch_matches_naive(mode: str, extras: bool) -> None:
+    inputs = make_inputs(5, 7, 64, 2 if extras else 0, bias=extras, inject=extras)
+    inputs.update(make_patch(5, 7, 64, mode))
+    torch.testing.assert_close(intervention_reference(**inputs), intervention_naive(**inputs))
+
+
+def test_twin_patch_is_a_copy_not_an_addition() -> None:
+    """Patched positions hold the source bit for bit; x + (P - x) would not (fp32 rounding)."""
+    inputs = make_inputs(5, 7, 64, 1)
+    patch = make_patch(5, 7, 64, "indexed")
+    out = intervention_reference(**inputs, **patch)
+    mask, source = patch["patch_mask"], patch["patch"][patch["patch_index"]]
+    assert torch.equal(out[mask], source[mask])
+    assert torch.equal(out[~mask], intervention_reference(**inputs)[~mask])
+    x = inputs["x"]
+    assert not torch.equal((x + (source - x))[mask], source[mask])  # why the op copies
+
+
+def test_patch_errors() -> None:
+    """check_patch (which the twin and the kernel call) names what is wrong."""
+    from moia.kernels.reference import check_patch
+
+    x = torch.randn(2, 3, 8)
+    p = torch.randn(1, 3, 8)
+    mask = torch.zeros(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="patch_mask and patch_index need a patch"):
+        check_patch(x, None, mask, None)
+    with pytest.raises(ValueError, match=r"patch must be \[n_src, 3, 8\], got \(1, 4, 8\)"):
+        check_patch(x, torch.randn(1, 4, 8), mask, None)
+    with pytest.raises(ValueError, match=r"a patch needs patch_mask, a bool \[2, 3\] tensor"):
+        check_patch(x, p, mask.long(), None)
+    with pytest.raises(ValueError, match="patch has 3 source rows for a batch of 2: give patch_index"):
+        check_patch(x, torch.randn(3, 3, 8), mask, None)
+    with pytest.raises(ValueError, match=r"patch_index must be integer \[2\]"):
+        check_patch(x, p, mask, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="patch has 3 source rows"):  # the kernel checks too
+        kernels.fused_intervention(x, patch=torch.randn(3, 3, 8), patch_mask=mask)
+
+
+@pytest.mark.parametrize("mode", ["shared", "per_row", "indexed"])
+@pytest.mark.parametrize("extras", [False, True])
+@pytest.mark.parametrize("d_model", [64, 576])
+def test_kernel_patch_matches_twin(tk: ModuleType, d_model: int, extras: bool, mode: str) -> None:
+    inputs = make_inputs(5, 7, d_model, 2 if extras else 0, bias=extras, inject=extras)
+    inputs.update(make_patch(5, 7, d_model, mode))
+    out = torch.full_like(inputs["x"], float("nan"))
+    tk.triton_intervention(**inputs, out=out)
+    expected = intervention_reference(**inputs)
+    torch.testing.assert_close(out, expected)
+    mask = inputs["patch_mask"]
+    assert torch.equal(out[mask], expected[mask])  # the copy is exact in the kernel too
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_kernel_patch_low_precision_is_exact(tk: ModuleType, dtype: torch.dtype) -> None:
+    inputs = make_inputs(4, 6, 640, 0, bias=False, inject=False, dtype=dtype)
+    patch = make_patch(4, 6, 640, "shared")
+    patch["patch"] = patch["patch"].to(dtype)
+    out = tk.triton_intervention(**inputs, **patch)
+    assert torch.equal(out, intervention_reference(**inputs, **patch))
+
+
+def test_patch_dispatch_and_gradient(tk: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel takes patches without gradients; with them the twin runs, and dx is 0 where copied."""
+    monkeypatch.setenv("MOIA_FORCE_TRITON", "1")
+    inputs = make_inputs(3, 5, 576, 1, bias=False, inject=False)
+    patch = make_patch(3, 5, 576, "shared")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fused_intervention(**inputs, **patch), intervention_reference(**inputs, **patch)
+        )
+    x = inputs.pop("x").requires_grad_()
+    y = fused_intervention(x, **inputs, **patch)
+    assert "FusedIntervention" not in type(y.grad_fn).__name__
+    y.sum().backward()
+    assert x.grad is not None
+    assert bool((x.grad[patch["patch_mask"]] == 0).all()) and bool((x.grad[~patch["patch_mask"]] != 0).any())
