@@ -99,6 +99,7 @@ class SiteHook:
             self.directions, self.weights, self.bias = like.directions, like.weights, like.bias
             self.live_biases, self.injections = like.live_biases, like.injections
             self.prepared, self.extra = like.prepared, like.extra
+            self.readers, self.readout = like.readers, like.readout
             return
         self.directions, self.weights = merge_ablations(name, ops)
         fixed = [op.bias for op in ops if op.bias is not None and not op.bias.requires_grad]
