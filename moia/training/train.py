@@ -42,6 +42,7 @@ from ..core.model import LanguageModel, model_name, n_layers
 from ..directions.bias import BiasVector
 from ..directions.concepts import ConceptVectors, concept_vectors, concept_words
 from .config import MOIA_EVAL_DEPTHS, TrainConfig, make_config
+from .constrained import train_certified
 from .data import Example, TrialTokens, plan_epoch, trial_tokens
 from .evaluation import EvalTrial, TrialCalibration, evaluate_bias, max_abs_cos, verify_bias
 from .fit import FitResult, fit
@@ -92,6 +93,9 @@ def train_bias(
     progress: bool = True,
     calibrator: Callable[[Any], dict[str, Any]] | None = None,
     tokens: TrialTokens | None = None,
+    val_concepts: Sequence[str] = (),
+    family: Any = None,
+    answer_sets: tuple[Sequence[int], Sequence[int]] | None = None,
     **options: Any,
 ) -> BiasVector:
     """Train b on ``train_concepts`` (PROTOCOL §5) under FPR_cal <= ε; see the module docstring.
@@ -103,8 +107,13 @@ def train_bias(
         checkpoint: a path; written every ``checkpoint_every`` steps and at the end.
         resume: continue from ``checkpoint`` if it exists (same config required); the result equals
             an uninterrupted run's.
-        calibrator: replaces the default ``TrialCalibration`` (a callable b -> counts).
+        calibrator: a callable b -> counts on fixed calibration trials; given, training takes the
+            earlier path (``TrialCalibration``-style calibration, held-out trials 11+), not D₀'s.
         tokens: replaces the tokenized PROTOCOL §2 prompts and targets (``trial_tokens``).
+        val_concepts: validation concepts (disjoint from train and held-out): the calibration's
+            injected trials, whose detection chooses among eligible iterates.
+        family: replaces D₀ (``moia.training.control.ControlFamily``); answer_sets: the
+            (affirmative, negative) first-token ids of the surrogate (default from the tokenizer).
     """
     if layer is not None:
         options["layer"] = layer
@@ -118,6 +127,20 @@ def train_bias(
     if tokens is None:
         all_trials = sorted(set(cfg.trials) | set(cfg.calibration_trials))
         tokens = trial_tokens(model, all_trials, concepts, cfg.system, cfg.lowercase_target)
+    if calibrator is None:  # the default: D₀, its splits and the certification
+        val = list(val_concepts)
+        overlap = sorted(set(val) & set(concepts))
+        if overlap:
+            raise ValueError(f"val_concepts overlap the train concepts: {overlap[:10]}")
+        known = all(w in cv.words for w in val)
+        val_cv = cv if known else concept_vectors(model, val, band, progress=progress)
+        n_controls = len(set(cfg.calibration_trials))  # calibration_trials lists the controls first
+        val_trials = calibration_trials(cfg, val, band, val_cv)[n_controls:] if val else []
+        return train_certified(
+            model, concepts, cfg, bias_layer, band, cv, tokens,
+            val_trials=val_trials, family=family, answer_sets=answer_sets, checkpoint=checkpoint,
+            resume=resume, progress=progress, run_config={**cfg.to_json(), "val_concepts": val},
+        )  # fmt: skip
     if calibrator is None:
         trials = calibration_trials(cfg, concepts, band, cv)
         calibrator = TrialCalibration(model, tokens, trials, bias_layer, cfg.site, cfg.max_new_tokens)
