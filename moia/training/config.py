@@ -49,6 +49,7 @@ class TrainConfig:
     weight_decay: float = _opt(0.01, "AdamW weight decay (torch's default, as [MOIA])")
     batch_size: int = _opt(8, "examples per step")
     steps: int | None = _opt(None, "optimizer steps (default: one epoch)")
+    max_steps: int | None = _opt(None, "a cap on the optimizer steps, for short runs")
     seed: int = _opt(42, "seed of the concept split and the example plan")
     epsilon: float | None = _opt(0.01, "the FPR bound ε on D0, in [0, 1); None: unconstrained")
     dual_lr: float = _opt(10.0, "step size of the Lagrange multiplier")
@@ -56,7 +57,7 @@ class TrainConfig:
     checkpoint_every: int = _opt(50, "write a checkpoint every N steps (0: only at the end)")
     calibration_trials: tuple[int, ...] = _opt(MOIA_TRIALS, "control trial numbers of the calibration")
     calibration_injected: int = _opt(8, "injected trials of train concepts in each calibration")
-    verify_controls: int = _opt(100, "held-out control trials to verify the result on (0: none)")
+    verify_controls: int = _opt(0, "robustness check outside D0: greedy control trials 11, 12, ... (0: none)")
     max_new_tokens: int = _opt(100, "new tokens per calibration and verification reply")
     system: str | None = _opt(None, "the system turn (None: none, as [MOIA]'s trainer; '' an empty one)")
     lowercase_target: bool = _opt(True, "lower-case the word in the Yes target, as [MOIA]'s code")
@@ -88,6 +89,7 @@ class TrainConfig:
             "weight_decay": finite(self.weight_decay) and self.weight_decay >= 0,
             "batch_size": count(self.batch_size, 1),
             "steps": self.steps is None or count(self.steps, 1),
+            "max_steps": self.max_steps is None or count(self.max_steps, 1),
             "epsilon": self.epsilon is None or (finite(self.epsilon) and 0 <= self.epsilon < 1),
             "dual_lr": finite(self.dual_lr) and self.dual_lr >= 0,
             "control_prob": finite(self.control_prob) and 0 <= self.control_prob <= 1,

@@ -25,7 +25,7 @@ from .certified import D0Calibration, Family, certify, select_iterate
 from .config import TrainConfig
 from .control import ControlFamily, Splits, control_units, split_units
 from .data import Example, TrialTokens, plan_epoch
-from .evaluation import EvalTrial, max_abs_cos
+from .evaluation import EvalTrial, max_abs_cos, verify_bias
 from .fit import FitResult, fit
 from .objective import Objective
 from .surrogate import answer_token_sets
@@ -78,7 +78,11 @@ def train_certified(
         raise ValueError("mode='certified' needs epsilon (the FPR bound); epsilon=None is mode='moia'")
     fam: Any = family if family is not None else ControlFamily(model, cfg.d0, cfg.system)
     splits = d0_splits(cfg)
-    family_tokens(model, fam, splits.loss, tokens)
+    by_index = {u.index: u for u in splits.loss}
+
+    def ensure_tokens(indices: Sequence[int]) -> None:  # tokenize loss units when first used
+        family_tokens(model, fam, [by_index[i] for i in indices], tokens)
+
     epsilon = cfg.epsilon if cfg.epsilon is not None else 0.0
     target = epsilon * cfg.calibration_share
     certified_mode = cfg.mode == "certified"
@@ -88,10 +92,12 @@ def train_certified(
         if not certified_mode:
             return examples  # [MOIA]'s own controls: trials 1-10, its "No" target
         rng = random.Random(cfg.seed + 1000 + epoch)
-        return [
+        examples = [
             e if e.concept is not None else Example(e.trial, None, unit=rng.choice(splits.loss).index)
             for e in examples
         ]
+        ensure_tokens([e.unit for e in examples if e.unit is not None])
+        return examples
 
     objective = calibrator = None
     if certified_mode:
@@ -110,7 +116,7 @@ def train_certified(
             )
             return [u.index for u, f in zip(drawn, flags, strict=True) if f]
 
-        objective = Objective(target, aff, neg, cfg.surrogate, sampler)
+        objective = Objective(target, aff, neg, cfg.surrogate, sampler, ensure=ensure_tokens)
         calibrator = D0Calibration(
             fam,
             splits.calibration,
@@ -176,6 +182,12 @@ def train_certified(
     )  # fmt: skip
     if certified_mode and not verification["feasible"]:
         verification["certification"]["infeasible"] = True
+    if cfg.verify_controls:  # a labelled robustness check outside D₀: greedy trials 11, 12, ...
+        first = max(*cfg.trials, *cfg.calibration_trials) + 1
+        verification["robustness_trials_11_plus"] = verify_bias(
+            model, bias, bias_layer, cfg.site, n_controls=cfg.verify_controls, first_trial=first,
+            epsilon=epsilon, max_new_tokens=cfg.max_new_tokens, system=cfg.system, alpha=cfg.alpha,
+        )  # fmt: skip
     verification["max_abs_cos_train_vectors"] = max_abs_cos(bias, [cv])
     meta = {
         **run_config,

@@ -140,6 +140,7 @@ def fit(
         return examples[index * cfg.batch_size : (index + 1) * cfg.batch_size]
 
     total = cfg.steps or math.ceil(len(epochs.setdefault(0, plan(0))) / cfg.batch_size)
+    total = min(total, cfg.max_steps) if cfg.max_steps is not None else total
     constrained = cfg.epsilon is not None and calibrator is not None
 
     target = cfg.epsilon if objective is None else objective.target

@@ -53,6 +53,7 @@ class Objective:
     surrogate: str = "margin"
     sampler: Callable[[Tensor, int], list[int]] | None = None
     rows_per_step: int = 2
+    ensure: Callable[[Sequence[int]], None] | None = None  # tokenizes units before they are batched
 
     def unlikely_rows(self, fp_units: Sequence[int], step: int) -> list[Example]:
         """Up to ``rows_per_step`` false-positive units, cycling through them step by step."""
@@ -60,6 +61,8 @@ class Objective:
             return []
         n = min(self.rows_per_step, len(fp_units))
         chosen = [fp_units[(step * n + j) % len(fp_units)] for j in range(n)]
+        if self.ensure is not None:
+            self.ensure(chosen)
         return [Example(0, None, unit=u, unlikely=True) for u in chosen]
 
     def losses(

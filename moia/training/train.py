@@ -123,7 +123,8 @@ def train_bias(
         raise ValueError("train_concepts is empty: the bias needs at least one concept to train on")
     bias_layer = resolve_layers(model, [cfg.layer])[0]
     band = resolve_layers(model, list(cfg.injection_layers))
-    cv = _vectors_for(model, concepts, band, vectors, progress)
+    extra = [w for w in val_concepts if w not in concepts] if calibrator is None and vectors is None else []
+    cv = _vectors_for(model, [*concepts, *extra], band, vectors, progress)  # one pass for train + val
     if tokens is None:
         all_trials = sorted(set(cfg.trials) | set(cfg.calibration_trials))
         tokens = trial_tokens(model, all_trials, concepts, cfg.system, cfg.lowercase_target)

@@ -54,14 +54,16 @@ def test_paraphrase_family_has_the_original_wording_first():
     from moia.trials.prompt import ACKNOWLEDGEMENT, INTRO, QUESTION
 
     p = paraphrases()
-    assert (p["preambles"][0], p["acknowledgements"][0], p["questions"][0]) == (INTRO, ACKNOWLEDGEMENT, QUESTION)
+    firsts = (p["preambles"][0], p["acknowledgements"][0], p["questions"][0])
+    assert firsts == (INTRO, ACKNOWLEDGEMENT, QUESTION)
     assert len(p["preambles"]) * len(p["acknowledgements"]) * len(p["questions"]) >= 30
     assert all(q.count("Trial {n}") == 1 for q in p["questions"])
 
 
 def test_splits_are_disjoint_random_and_sized():
     units = control_units("paraphrase")
-    assert len(units) == 4800 and len({(u.preamble, u.acknowledgement, u.question, u.trial) for u in units}) == 4800
+    prompts = {(u.preamble, u.acknowledgement, u.question, u.trial) for u in units}
+    assert len(units) == 4800 and len(prompts) == 4800
     s = split_units(units, 300, 299)
     ids = [{u.index for u in part} for part in (s.loss, s.calibration, s.test)]
     assert [len(x) for x in ids] == [4201, 300, 299]
@@ -104,7 +106,9 @@ def test_surrogate_terms_against_their_formulas():
     got = target_kl(logits, ref, targets)
     for i, t in enumerate(targets):  # row i's last len(t) + 1 positions but the last predict t
         a, b = logits[i, 4 - len(t) : 4], ref[i, 3 - len(t) : 3]
-        kl = torch.nn.functional.kl_div(a.log_softmax(-1), b.log_softmax(-1), log_target=True, reduction="sum")
+        kl = torch.nn.functional.kl_div(
+            a.log_softmax(-1), b.log_softmax(-1), log_target=True, reduction="sum"
+        )
         torch.testing.assert_close(got[i], kl)
 
 
@@ -172,6 +176,11 @@ def test_feasible_run_is_certified_against_b0(tiny):
     # each λ update saw a fresh calibration batch, all inside the calibration split
     batches = [tuple(r["calibration_units"]) for r in steps]
     assert len(set(batches)) == 4 and all(len(b) == 16 for b in batches)
+    from moia.cli.train import summary
+
+    text = summary(bias)
+    assert "certification on 60 test units of D0 (fake D0 for tests)" in text
+    assert f"b = 0: 0/60, upper bound {100 * c['baseline']['upper_bound']:.2f}%" in text
 
 
 def test_infeasible_is_an_answer(tiny):
@@ -191,7 +200,9 @@ def test_infeasible_is_an_answer(tiny):
 def test_certified_resume_gives_the_uninterrupted_result(tiny, tmp_path, monkeypatch):
     import moia.training.objective as objective
 
-    whole = certified_train(tiny, FakeFamily(0.0, 0.05), checkpoint=tmp_path / "whole.ckpt", checkpoint_every=2)
+    whole = certified_train(
+        tiny, FakeFamily(0.0, 0.05), checkpoint=tmp_path / "whole.ckpt", checkpoint_every=2
+    )
     real, calls = objective.Objective.losses, []
 
     def crash_on_step_4(self, *args, **kwargs):
