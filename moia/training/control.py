@@ -186,7 +186,7 @@ class ControlFamily:
         units: Sequence[ControlUnit],
         interventions: Sequence[Any] = (),
         max_new_tokens: int = 100,
-        batch_size: int = 16,
+        batch_size: int = 32,
     ) -> list[str]:
         """The model's replies to ``units`` under ``interventions`` (e.g. the bias)."""
         rows = [TrialRow(self.prompt(u), seed=u.seed) for u in units]
@@ -198,7 +198,7 @@ class ControlFamily:
         units: Sequence[ControlUnit],
         interventions: Sequence[Any] = (),
         max_new_tokens: int = 100,
-        batch_size: int = 16,
+        batch_size: int = 32,
     ) -> tuple[list[bool], list[str]]:
         """Per unit, whether the graded reply claims a detection (PROTOCOL §3), and the replies."""
         replies = self.replies(units, interventions, max_new_tokens, batch_size)
