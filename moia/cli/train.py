@@ -97,11 +97,11 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     else:
-        val: list[str] = []
+        val_concepts: list[str] = []
         if cfg.mode == "certified" and args.n_val:
             from ..training.data import split_concepts
 
-            train, val = split_concepts(train, args.n_val, seed=args.seed)
+            train, val_concepts = split_concepts(train, args.n_val, seed=args.seed)
         bias = train_bias(
             model,
             train,
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint=ckpt,
             resume=args.resume,
             progress=not args.quiet,
-            val_concepts=val,
+            val_concepts=val_concepts,
         )
     bias.config["held_out_concepts"] = held_out
     _write(bias, out, args.report)  # written before the (long) evaluation, and again after it

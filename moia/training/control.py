@@ -62,7 +62,7 @@ def control_units(kind: str, n: int | None = None, seed: int = 42) -> list[Contr
     i.i.d. draws (trial uniform on 1–10, a reply seed), a pure function of ``seed``."""
     if kind == "paraphrase":
         p = paraphrases()
-        units = []
+        units: list[ControlUnit] = []
         for a in range(len(p["preambles"])):
             for b in range(len(p["acknowledgements"])):
                 for c in range(len(p["questions"])):
