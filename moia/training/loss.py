@@ -52,7 +52,7 @@ def target_losses(
             to the earliest injection start, else full).
     """
     logits = batch_logits(model, batch, bias, path)
-    return _row_losses(logits, batch), torch.tensor(
+    return row_losses(logits, batch), torch.tensor(
         [len(t) for t in batch.targets], device=logits.device, dtype=torch.float32
     )
 
@@ -95,7 +95,7 @@ def batch_logits(
     return logits
 
 
-def _row_losses(logits: Tensor, batch: Batch) -> Tensor:
+def row_losses(logits: Tensor, batch: Batch) -> Tensor:
     """Summed cross-entropy of each row's target, from the logits of its last ``keep`` positions."""
     keep = logits.shape[1]
     rows: list[int] = []

@@ -20,7 +20,7 @@ from ..core.interventions import AdditiveVector
 from ..core.model import LanguageModel
 from .config import TrainConfig
 from .data import Batch, Example
-from .loss import _row_losses, batch_logits
+from .loss import batch_logits, row_losses
 from .surrogate import first_answer_logits, margin_loss, target_kl, unlikelihood_loss
 
 
@@ -70,7 +70,7 @@ class Objective:
     ) -> tuple[Tensor, Tensor]:
         """(L_inj, L_ctrl) of the batch."""
         logits = batch_logits(model, batch, bias, cfg.loss_path)
-        sums = _row_losses(logits, batch)
+        sums = row_losses(logits, batch)
         device = sums.device
         n_tokens = torch.tensor([len(t) for t in batch.targets], device=device, dtype=torch.float32).sum()
         injected_rows = batch.injected.to(device)
