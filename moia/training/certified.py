@@ -38,7 +38,8 @@ class Family(Protocol):
         units: Sequence[ControlUnit],
         interventions: Sequence[Any] = (),
         max_new_tokens: int = 100,
-        batch_size: int = 16,
+        batch_size: int = 32,
+        injection: tuple[Tensor, int, float] | None = None,
     ) -> tuple[list[bool], list[str]]: ...
 
 
@@ -163,7 +164,7 @@ def certify(
     alpha: float,
     n_candidates: int = 1,
     max_new_tokens: int = 100,
-    extra_arms: dict[str, Sequence[Any]] | None = None,
+    random_injection: tuple[Tensor, int, float] | None = None,
 ) -> dict[str, Any]:
     """The one look at the test split: the report's ``certification`` object (PROTOCOL §5)."""
     if n_candidates < 1:
@@ -199,9 +200,18 @@ def certify(
             "p_increase": mcnemar_exact(only_new, only_old),
         },
     }
-    for name, arms in (extra_arms or {}).items():
-        flags, _ = family.false_positives(
-            units, [*bias_intervention(bias, layer, site), *arms], max_new_tokens
-        )
-        out[name] = {"false_positives": sum(flags), "n": n, "upper_bound": upper(sum(flags), n, level)}
+    if random_injection is not None:  # the same units with a random direction injected, b and b = 0
+        _, layer_r, strength = random_injection
+        arms = {"with_b": bias_intervention(bias, layer, site), "baseline": []}
+        got = {
+            name: sum(family.false_positives(units, a, max_new_tokens, injection=random_injection)[0])
+            for name, a in arms.items()
+        }
+        out["random_direction_injection"] = {
+            "layer": layer_r,
+            "strength": strength,
+            "claims": got["with_b"],
+            "baseline_claims": got["baseline"],
+            "n": n,
+        }
     return out

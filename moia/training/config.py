@@ -75,6 +75,9 @@ class TrainConfig:
     test_units: int = _opt(299, "D0 units in the test split (touched once, by the certification)")
     calibration_batch: int = _opt(32, "fresh calibration units per λ update")
     calibration_share: float = _opt(0.5, "λ aims at ε' = share × ε, leaving room for the test bound")
+    certify_random: bool = _opt(
+        False, "also count claims on the test units under a random-direction injection"
+    )
     select_candidates: int = _opt(3, "latest iterates measured on the full calibration split (+ b = 0)")
 
     def __post_init__(self) -> None:

@@ -21,6 +21,7 @@ from ..core.model import LanguageModel, model_name, n_layers
 from ..directions.bias import BiasVector
 from ..directions.concepts import ConceptVectors
 from ..lm.decoding import token_ids
+from ..trials.runner import random_direction
 from .certified import D0Calibration, Family, certify, select_iterate
 from .config import TrainConfig
 from .control import ControlFamily, Splits, control_units, split_units
@@ -176,9 +177,14 @@ def train_certified(
                 f"{'already violates' if selection['baseline_infeasible'] else 'meets'} epsilon on D0)",
                 stacklevel=3,
             )
+    random_injection = None
+    if cfg.certify_random:  # [LINDSEY]'s control: a random direction of a concept vector's norm
+        at = band[len(band) // 2]
+        like = cv.get(cv.words[0], at)
+        random_injection = (random_direction(like, cfg.seed, "certification", at), at, max(cfg.strengths))
     verification["certification"] = certify(
         fam, splits.test, bias, bias_layer, cfg.site, epsilon=epsilon, alpha=cfg.alpha,
-        max_new_tokens=cfg.max_new_tokens,
+        max_new_tokens=cfg.max_new_tokens, random_injection=random_injection,
     )  # fmt: skip
     if certified_mode and not verification["feasible"]:
         verification["certification"]["infeasible"] = True

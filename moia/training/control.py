@@ -24,6 +24,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from torch import Tensor
+
 from ..core.model import LanguageModel
 from ..eval.grading import CONTROL_CONCEPT, grade
 from ..lm.chat import format_chat
@@ -187,9 +189,15 @@ class ControlFamily:
         interventions: Sequence[Any] = (),
         max_new_tokens: int = 100,
         batch_size: int = 32,
+        injection: tuple[Tensor, int, float] | None = None,
     ) -> list[str]:
-        """The model's replies to ``units`` under ``interventions`` (e.g. the bias)."""
-        rows = [TrialRow(self.prompt(u), seed=u.seed) for u in units]
+        """The model's replies to ``units`` under ``interventions`` (e.g. the bias); ``injection``
+        (vector, layer, strength) injects from each prompt's "Trial n" start, as in PROTOCOL §2."""
+        if injection is None:
+            rows = [TrialRow(self.prompt(u), seed=u.seed) for u in units]
+        else:
+            v, layer, s = injection
+            rows = [TrialRow(self.prompt(u), v, layer, s, seed=u.seed) for u in units]
         runner = TrialRunner(self.model, max_new_tokens, sampling=self.sampling, batch_size=batch_size)
         return runner.run(rows, *interventions)
 
@@ -199,7 +207,8 @@ class ControlFamily:
         interventions: Sequence[Any] = (),
         max_new_tokens: int = 100,
         batch_size: int = 32,
+        injection: tuple[Tensor, int, float] | None = None,
     ) -> tuple[list[bool], list[str]]:
         """Per unit, whether the graded reply claims a detection (PROTOCOL §3), and the replies."""
-        replies = self.replies(units, interventions, max_new_tokens, batch_size)
+        replies = self.replies(units, interventions, max_new_tokens, batch_size, injection)
         return [grade(r, CONTROL_CONCEPT).claims_detection for r in replies], replies

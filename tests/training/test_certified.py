@@ -130,9 +130,10 @@ class FakeFamily:
         prefix[3] = 70 + u.preamble
         return [*prefix, 11, 20 + u.trial, 12, 13], 10
 
-    def false_positives(self, units, interventions=(), max_new_tokens=100, batch_size=16):
+    def false_positives(self, units, interventions=(), max_new_tokens=100, batch_size=16, injection=None):
         self.calls += 1
         norm = sum(float(a.vector.norm()) for a in interventions)
+        norm += 0.0 if injection is None else injection[2]  # an injection acts like a bigger b
         flags = [(u.index * 0.6180339887) % 1 < self.base + self.gain * norm for u in units]
         return flags, ["Yes." if f else "No." for f in flags]
 
@@ -181,6 +182,16 @@ def test_feasible_run_is_certified_against_b0(tiny):
     text = summary(bias)
     assert "certification on 60 test units of D0 (fake D0 for tests)" in text
     assert f"b = 0: 0/60, upper bound {100 * c['baseline']['upper_bound']:.2f}%" in text
+
+
+def test_random_direction_arm_counts_the_same_units(tiny):
+    bias = certified_train(tiny, FakeFamily(0.0, 0.02), certify_random=True, steps=2)
+    c = bias.verification["certification"]
+    r = c["random_direction_injection"]
+    assert (r["layer"], r["strength"], r["n"]) == (1, 5.0, 60)  # band [0, 1]: the middle; max strength
+    test = [type("U", (), {"index": i})() for i in c["unit_indices"]]
+    want = sum((u.index * 0.6180339887) % 1 < 0.02 * 5.0 for u in test)  # b = 0 plus the injection
+    assert r["baseline_claims"] == want and r["claims"] >= want
 
 
 def test_infeasible_is_an_answer(tiny):
