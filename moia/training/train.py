@@ -42,7 +42,8 @@ from ..core.model import LanguageModel, model_name, n_layers
 from ..directions.bias import BiasVector
 from ..directions.concepts import ConceptVectors, concept_vectors, concept_words
 from .config import MOIA_EVAL_DEPTHS, TrainConfig, make_config
-from .constrained import train_certified
+from .constrained import certify_bias, d0_splits, train_certified
+from .control import ControlFamily
 from .data import Example, TrialTokens, plan_epoch, trial_tokens
 from .evaluation import EvalTrial, TrialCalibration, evaluate_bias, max_abs_cos, verify_bias
 from .fit import FitResult, fit
@@ -96,6 +97,7 @@ def train_bias(
     val_concepts: Sequence[str] = (),
     family: Any = None,
     answer_sets: tuple[Sequence[int], Sequence[int]] | None = None,
+    certify_test: bool = True,
     **options: Any,
 ) -> BiasVector:
     """Train b on ``train_concepts`` (PROTOCOL §5) under FPR_cal <= ε; see the module docstring.
@@ -141,6 +143,7 @@ def train_bias(
             model, concepts, cfg, bias_layer, band, cv, tokens,
             val_trials=val_trials, family=family, answer_sets=answer_sets, checkpoint=checkpoint,
             resume=resume, progress=progress, run_config={**cfg.to_json(), "val_concepts": val},
+            certify_test=certify_test,
         )  # fmt: skip
     if calibrator is None:
         trials = calibration_trials(cfg, concepts, band, cv)
@@ -271,6 +274,7 @@ def sweep_bias_layers(
             resume=resume,
             progress=progress,
             verify_controls=0,
+            certify_test=False,
         )
         report = evaluate_bias(
             model,
@@ -295,6 +299,11 @@ def sweep_bias_layers(
         ),
     )
     chosen = trained[best]
+    if "selection" in chosen.verification:  # certified on D₀'s test split, once, for the chosen layer
+        chosen.verification["certification"] = certify_bias(
+            model, cfg, ControlFamily(model, cfg.d0, cfg.system), d0_splits(cfg), chosen.vector, chosen.layer,
+            band, cv,
+        )  # fmt: skip
     if cfg.verify_controls:
         chosen.verification["held_out"] = verify_bias(
             model,

@@ -427,6 +427,7 @@ def test_layer_sweep_picks_the_best_eligible_layer(monkeypatch):
 
     def fake_train(model, concepts, layer, **kw):
         assert kw["verify_controls"] == 0 and kw["config"].lr == 1e-3
+        assert kw["certify_test"] is False  # each layer's bias leaves the test split alone
         return BiasVector(
             torch.ones(8), layer, "mlp_pre_norm", "m", 10, verification={"feasible": feasible[layer]}
         )
