@@ -26,7 +26,7 @@ from .certified import D0Calibration, Family, certify, select_iterate
 from .config import TrainConfig
 from .control import ControlFamily, Splits, control_units, split_units
 from .data import Example, TrialTokens, plan_epoch
-from .evaluation import EvalTrial, max_abs_cos, verify_bias
+from .evaluation import EvalTrial, bias_intervention, max_abs_cos, verify_bias
 from .fit import FitResult, fit
 from .objective import Objective
 from .surrogate import answer_token_sets
@@ -111,8 +111,6 @@ def train_certified(
             drawn = random.Random(cfg.seed + 7919 * (step + 1)).sample(
                 splits.loss, min(cfg.unlikelihood_units, len(splits.loss))
             )
-            from .evaluation import bias_intervention
-
             flags, _ = fam.false_positives(
                 drawn, bias_intervention(bias, bias_layer, cfg.site), cfg.max_new_tokens
             )

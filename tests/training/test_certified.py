@@ -235,6 +235,18 @@ def test_certified_resume_gives_the_uninterrupted_result(tiny, tmp_path, monkeyp
     assert resumed.verification["certification"] == whole.verification["certification"]
 
 
+def test_moia_mode_certifies_the_last_iterate(tiny):
+    family = FakeFamily(0.0, 0.05)
+    bias = certified_train(tiny, family, mode="moia", epsilon=None)
+    v = bias.verification
+    assert "selection" not in v and v["multiplier"] == 0 and v["mode"] == "moia"
+    assert not any(r["type"] == "calibration" for r in bias.history)  # no λ, no calibration
+    c = v["certification"]
+    want = sum((i * 0.6180339887) % 1 < 0.05 * float(bias.vector.norm()) for i in c["unit_indices"])
+    assert float(bias.vector.norm()) > 0 and c["false_positives"] == want
+    assert c["epsilon"] == 0.0 and c["certified"] is False  # ε = 0 cannot be certified
+
+
 def test_certified_mode_needs_epsilon(tiny):
     with pytest.raises(ValueError, match="mode='certified' needs epsilon"):
         certified_train(tiny, FakeFamily(), epsilon=None)
