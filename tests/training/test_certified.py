@@ -250,3 +250,18 @@ def test_moia_mode_certifies_the_last_iterate(tiny):
 def test_certified_mode_needs_epsilon(tiny):
     with pytest.raises(ValueError, match="mode='certified' needs epsilon"):
         certified_train(tiny, FakeFamily(), epsilon=None)
+
+
+def test_answer_token_sets_on_smollm2_tokenizer():
+    """The surrogate's sets hold the first token of each answer word, and the two are disjoint."""
+    from moia.training.surrogate import answer_token_sets
+    from tests.conftest import cached_tokenizer
+    from tests.fakes import FakeModel
+
+    tok = cached_tokenizer("smollm2-135m-instruct")
+    aff, neg = answer_token_sets(FakeModel(tokenizer=tok))
+    first = {w: tok(w, add_special_tokens=False).input_ids[0] for w in ("Yes", " yes", "No", " no")}
+    assert {first["Yes"], first[" yes"]} <= set(aff) and {first["No"], first[" no"]} <= set(neg)
+    assert not set(aff) & set(neg)
+    with pytest.raises(ValueError, match="share first tokens"):
+        answer_token_sets(FakeModel(tokenizer=tok), affirmative=("Yes",), negative=("Yes",))
