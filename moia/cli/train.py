@@ -1,10 +1,16 @@
 """``moia train-bias``: train the content-agnostic bias vector under FPR <= ε (PROTOCOL §5).
 
-    moia train-bias --out bias.safetensors                      # [MOIA]'s settings, 400/100 concepts
+    moia train-bias --out bias.safetensors --report r.json      # certified on D0, 400/100 concepts
+    moia train-bias --out b.safetensors --report r.json --epsilon 0.01 --alpha 0.05 \
+        --calibration-units 300 --test-units 299 --max-steps 60 --surrogate margin --mode certified
+    moia train-bias --out b.safetensors --mode moia --epsilon none   # [MOIA]'s recipe as published
     moia train-bias --out b.safetensors --n-train 40 --n-heldout 15 --steps 60 --max-new-tokens 30
     moia train-bias --out b.safetensors --resume                # continue an interrupted run
     moia train-bias --out b.safetensors --sweep-layers 0.3 0.4 0.5 --n-val 20
 
+The default mode trains under FPR <= epsilon on the control distribution D0 (``--d0``: paraphrased
+control prompts, greedy, or sampled replies) and certifies the chosen bias once on a held-out test
+split against b = 0 on the same units; ``report.json`` holds that ``certification``.
 Concepts: the 500 shipped words (``test`` + ``extra``), split train/held-out with ``--seed``
 (42, as [MOIA]). ``--evaluate`` measures held-out detection and introspection with and without
 the bias, next to random directions of equal norm, and stores the report in the bias file. The
@@ -38,7 +44,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--n-heldout", type=int, help="held-out concepts (default 20%% of all)")
     p.add_argument("--n-train", type=int, help="use only the first N train concepts of the split")
     p.add_argument("--sweep-layers", type=layer_arg, nargs="+", help="train one bias per layer, pick on val")
-    p.add_argument("--n-val", type=int, default=20, help="validation concepts for --sweep-layers")
+    p.add_argument("--n-val", type=int, default=20, help="validation concepts (taken from the train split)")
     p.add_argument("--evaluate", action="store_true", help="held-out report with and without the bias")
     p.add_argument("--eval-concepts", type=int, help="evaluate only the first N held-out concepts")
     p.add_argument("--eval-layers", type=layer_arg, nargs="+", help="default [MOIA]'s depths 30/40/50 of 62")
@@ -91,17 +97,36 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     else:
+        val_concepts: list[str] = []
+        if cfg.mode == "certified" and args.n_val:
+            from ..training.data import split_concepts
+
+            train, val_concepts = split_concepts(train, args.n_val, seed=args.seed)
         bias = train_bias(
-            model, train, config=cfg, checkpoint=ckpt, resume=args.resume, progress=not args.quiet
+            model,
+            train,
+            config=cfg,
+            checkpoint=ckpt,
+            resume=args.resume,
+            progress=not args.quiet,
+            val_concepts=val_concepts,
         )
     bias.config["held_out_concepts"] = held_out
+    _write(bias, out, args.report)  # written before the (long) evaluation, and again after it
     if args.evaluate:
         bias.verification["evaluation"] = _evaluate(model, bias, held_out, args, cfg)
-    bias.save(out)
+        _write(bias, out, args.report)
     print(summary(bias))
-    if args.report:
-        write_json(args.report, {"config": bias.config, "verification": bias.verification}, indent=2)
     return 0
+
+
+def _write(bias: BiasVector, out: pathlib.Path, report_path: str | None) -> None:
+    bias.save(out)
+    if report_path:
+        report = {"config": bias.config, "verification": bias.verification}
+        if "certification" in bias.verification:
+            report["certification"] = bias.verification["certification"]
+        write_json(report_path, report, indent=2)
 
 
 def _evaluate(
@@ -146,6 +171,25 @@ def summary(bias: BiasVector) -> str:
             f"held-out controls (trials {h['held_out_trials'][0]}-{h['held_out_trials'][1]}): FPR "
             f"{h['false_positives']}/{h['n_controls']}, Clopper-Pearson 95% upper {100 * upper:.1f}%; "
             f"replies naming a concept: {h['replies_naming_concepts']}"
+        )
+    if "certification" in v:
+        c, b0 = v["certification"], v["certification"]["baseline"]
+        sel = v.get("selection")
+        if sel:
+            lines.append(
+                f"selection on calibration: step {sel['step']}, feasible={sel['feasible']} (upper bound "
+                f"<= epsilon' = {sel['epsilon_prime']}); b = 0 violates epsilon on D0: "
+                f"{sel['baseline_infeasible']}"
+            )
+        lines.append(f"certification on {c['n']} test units of D0 ({c['units']}):")
+        lines.append(
+            f"  b:     {c['false_positives']}/{c['n']} false positives, one-sided upper bound "
+            f"{100 * c['upper_bound']:.2f}% at 1 - {c['alpha']}; certified FPR <= {c['epsilon']}: "
+            f"{c['certified']}"
+        )
+        lines.append(
+            f"  b = 0: {b0['false_positives']}/{c['n']}, upper bound {100 * b0['upper_bound']:.2f}%; "
+            f"McNemar (b raises FPR) p = {c['mcnemar']['p_increase']:.3g}"
         )
     cos = v.get("max_abs_cos_train_vectors")
     if cos:

@@ -8,6 +8,8 @@ held-out controls with the same exact bound: ``clopper_pearson_upper`` (one-side
 uses all of alpha = 0.05 on the upper side); ``clopper_pearson`` is the usual two-sided exact
 interval (alpha / 2 on each side).
 
+``mcnemar_exact`` is the one-sided exact McNemar test of an increase on paired units (PROTOCOL §5).
+
 The exact bounds solve the binomial tail equations by bisection; the binomial CDF is summed from
 log-pmf terms built with ``math.lgamma``, so there is no scipy dependency.
 """
@@ -173,3 +175,39 @@ def clopper_pearson_upper(k: int, n: int, alpha: float = 0.05) -> float:
     if n == 0:
         return 1.0
     return _upper_bound(k, n, alpha)
+
+
+def binomial_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed over the upper tail (no 1 - cdf cancellation)."""
+    _check_counts(k, n)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1] (got p={p})")
+    if k == 0 or p == 1.0:
+        return 1.0
+    if p == 0.0:
+        return 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    log_n_factorial = math.lgamma(n + 1)
+    terms = (
+        math.exp(log_n_factorial - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q)
+        for i in range(k, n + 1)
+    )
+    return min(1.0, math.fsum(terms))
+
+
+def mcnemar_exact(only_new: int, only_old: int) -> float:
+    """One-sided exact McNemar p-value that the NEW condition raises a rate over the OLD one on the
+    same units (PROTOCOL §5's certification compares b with b = 0 this way).
+
+    Only discordant units carry information: ``only_new`` units are positive under the new
+    condition alone, ``only_old`` under the old alone. Under no change each discordant unit is
+    equally likely to fall either way, so the p-value is P(X >= only_new), X ~ Binomial(only_new +
+    only_old, 1/2). No discordant unit gives 1.0.
+    """
+    for name, value in (("only_new", only_new), ("only_old", only_old)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0 (got {value!r})")
+    n = only_new + only_old
+    if n == 0:
+        return 1.0
+    return binomial_sf(only_new, n, 0.5)

@@ -2,7 +2,9 @@
 
 - ``config``: ``TrainConfig``; ``data``: concept split, example plan, tokens, batches;
 - ``loss``: teacher-forced target loss; ``fit``: the optimisation loop; ``checkpoint``: resumable state;
-- ``evaluation``: calibration, held-out verification and evaluation; ``train``: ``train_bias``.
+- ``evaluation``: calibration, held-out verification and evaluation; ``train``: ``train_bias``;
+- ``control``: D₀ and its splits; ``surrogate``, ``objective``: the certified mode's control loss;
+  ``certified``: calibration on D₀, choice of the iterate, certification; ``constrained``: the run.
 """
 
 from .config import TrainConfig, make_config

@@ -4,12 +4,14 @@ One file holds everything an interrupted run needs to continue to the same resul
 uninterrupted one with the same seed:
 
 - tensors: ``bias`` (the current b), ``best_bias`` (the best feasible iterate so far, if any),
+  ``candidate.i`` (the certified mode's iterate at its i-th calibration),
   ``adam.exp_avg``, ``adam.exp_avg_sq``, ``adam.step`` (AdamW's state for b; absent before the
   first step), ``rng.torch`` (``torch.get_rng_state()``, uint8) and ``rng.python`` (the Mersenne
   Twister words of Python's ``random`` module, int64);
 - JSON metadata (``moia_kind`` = "bias_checkpoint"): ``step``, ``multiplier`` (the Lagrange
   multiplier λ), ``config`` (the training configuration), ``adam_param_groups``, ``best`` (the
-  record of the best iterate), ``history`` (loss curve and calibration records), ``rng_python``
+  record of the best iterate), ``history`` (loss curve and calibration records), ``candidates``
+  and ``fp_units`` (the certified mode's candidate records and unlikelihood units), ``rng_python``
   (the version and gauss_next of Python's RNG state), plus the model's name, d_model, n_layers.
 
 The trial plan is a pure function of the configuration and seed, so the step count says where to
@@ -46,6 +48,9 @@ class TrainState:
     best: dict[str, Any] | None = None
     best_bias: Tensor | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    candidate_biases: list[Tensor] = field(default_factory=list)
+    fp_units: list[int] = field(default_factory=list)
 
 
 def save_checkpoint(path: str | os.PathLike, state: TrainState, model: LanguageModel) -> None:
@@ -58,6 +63,8 @@ def save_checkpoint(path: str | os.PathLike, state: TrainState, model: LanguageM
         (entry,) = adam.values()
         for key in _ADAM_KEYS:
             tensors[f"adam.{key}"] = torch.as_tensor(entry[key]).detach().float().reshape(-1)
+    for i, c in enumerate(state.candidate_biases):
+        tensors[f"candidate.{i}"] = c.detach().float()
     version, words, gauss_next = random.getstate()
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.python"] = torch.tensor(words, dtype=torch.int64)
@@ -69,6 +76,8 @@ def save_checkpoint(path: str | os.PathLike, state: TrainState, model: LanguageM
         "adam_param_groups": state.optimizer.get("param_groups", []),
         "best": state.best,
         "history": state.history,
+        "candidates": state.candidates,
+        "fp_units": state.fp_units,
         "rng_python": {"version": version, "gauss_next": gauss_next},
     }
     save_tensors(path, KIND, tensors, meta)
@@ -101,6 +110,11 @@ def load_checkpoint(
             best=json.loads(meta["best"]),
             best_bias=tensors.get("best_bias"),
             history=json.loads(meta["history"]),
+            candidates=json.loads(meta.get("candidates", "[]")),
+            candidate_biases=[
+                tensors[f"candidate.{i}"] for i in range(len(json.loads(meta.get("candidates", "[]"))))
+            ],
+            fp_units=[int(u) for u in json.loads(meta.get("fp_units", "[]"))],
         )
         rng_python = json.loads(meta["rng_python"])
         words = tuple(int(w) for w in tensors["rng.python"].tolist())

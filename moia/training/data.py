@@ -63,6 +63,8 @@ class Example:
     concept: str | None
     layer: int = -1
     strength: float = 0.0
+    unit: int | None = None  # a control unit of D₀ (its prompt is ``TrialTokens.units[unit]``)
+    unlikely: bool = False  # a unit whose sampled reply was a false positive (unlikelihood term)
 
 
 def plan_epoch(
@@ -107,6 +109,8 @@ class TrialTokens:
     starts: dict[int, int]
     targets: dict[str | None, list[int]]
     trial_prompts: dict[int, TrialPrompt] = field(default_factory=dict)
+    units: dict[int, list[int]] = field(default_factory=dict)  # D₀ unit index -> prompt token ids
+    unit_starts: dict[int, int] = field(default_factory=dict)  # D₀ unit index -> "Trial n" start
 
 
 def trial_tokens(
@@ -141,9 +145,14 @@ class Batch:
     layers: list[int]  # injection layer per row (-1 for controls)
     vectors: Tensor  # (B, d_model); a placeholder row (ones) for controls, whose strength is 0
     strengths: Tensor  # (B,)
+    unlikely: Tensor | None = None  # (B,) bool: rows that get the unlikelihood term
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+
+def _start(tokens: TrialTokens, ex: Example) -> int:
+    return tokens.unit_starts[ex.unit] if ex.unit is not None else tokens.starts[ex.trial]
 
 
 def make_batch(examples: Sequence[Example], tokens: TrialTokens, vectors: ConceptVectors) -> Batch:
@@ -155,12 +164,18 @@ def make_batch(examples: Sequence[Example], tokens: TrialTokens, vectors: Concep
             rows.append(torch.ones(d_model))
         else:
             rows.append(vectors.get(ex.concept, ex.layer))
+    for ex in examples:
+        if ex.unit is not None and ex.unit not in tokens.units:
+            raise ValueError(f"no tokenized prompt for D0 unit {ex.unit} (TrialTokens.units)")
     return Batch(
-        prompts=[tokens.prompts[ex.trial] for ex in examples],
-        starts=[tokens.starts[ex.trial] for ex in examples],
+        prompts=[tokens.prompts[ex.trial] if ex.unit is None else tokens.units[ex.unit] for ex in examples],
+        starts=[
+            tokens.starts[ex.trial] if ex.unit is None else tokens.unit_starts[ex.unit] for ex in examples
+        ],
         targets=[tokens.targets[ex.concept] for ex in examples],
         injected=torch.tensor([ex.concept is not None for ex in examples]),
         layers=[ex.layer if ex.concept is not None else -1 for ex in examples],
         vectors=torch.stack(rows).float(),
         strengths=torch.tensor([ex.strength if ex.concept is not None else 0.0 for ex in examples]),
+        unlikely=torch.tensor([ex.unlikely for ex in examples]),
     )

@@ -10,7 +10,7 @@ calibration is recorded. A resumed run therefore repeats exactly what an uninter
 import math
 import pathlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from .checkpoint import TrainState, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Example, TrialTokens, make_batch
 from .loss import target_losses
+from .objective import Objective
 
 
 @dataclass
@@ -37,6 +38,8 @@ class FitResult:
     multiplier: float
     history: list[dict[str, Any]]
     steps: int
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    candidate_biases: list[Tensor] = field(default_factory=list)
 
 
 def _key(record: dict[str, Any]) -> tuple:
@@ -64,6 +67,9 @@ class _Run:
         self.best_bias: Tensor | None = None
         self.history: list[dict[str, Any]] = []
         self.config = run_config
+        self.candidates: list[dict[str, Any]] = []  # D₀ mode: the iterate at each calibration
+        self.candidate_biases: list[Tensor] = []
+        self.fp_units: list[int] = []  # D₀ loss units whose sampled reply was a false positive
 
     def state(self) -> TrainState:
         return TrainState(
@@ -75,6 +81,9 @@ class _Run:
             self.best,
             self.best_bias,
             self.history,
+            self.candidates,
+            [c.clone() for c in self.candidate_biases],
+            list(self.fp_units),
         )
 
     def restore(self, state: TrainState, path: Any) -> None:
@@ -92,6 +101,8 @@ class _Run:
         self.step, self.multiplier = state.step, state.multiplier
         self.best, self.history = state.best, state.history
         self.best_bias = None if state.best_bias is None else state.best_bias.to(self.bias.device)
+        self.candidates, self.fp_units = state.candidates, state.fp_units
+        self.candidate_biases = [c.to(self.bias.device) for c in state.candidate_biases]
 
 
 def fit(
@@ -106,8 +117,14 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     run_config: dict[str, Any] | None = None,
+    objective: Objective | None = None,
 ) -> FitResult:
-    """Run the loop; ``plan(epoch)`` gives that epoch's examples in order."""
+    """Run the loop; ``plan(epoch)`` gives that epoch's examples in order.
+
+    ``objective`` (the certified mode, PROTOCOL §5) replaces [MOIA]'s control cross-entropy by the
+    decision-focused surrogate, adds the unlikelihood rows it samples every K steps, aims λ at
+    ``objective.target`` (ε′) and keeps every calibrated iterate as a candidate.
+    """
     run = _Run(model, cfg, run_config if run_config is not None else cfg.to_json())
     path = pathlib.Path(checkpoint) if checkpoint is not None else None
     last_saved: int | None = None
@@ -123,9 +140,15 @@ def fit(
         return examples[index * cfg.batch_size : (index + 1) * cfg.batch_size]
 
     total = cfg.steps or math.ceil(len(epochs.setdefault(0, plan(0))) / cfg.batch_size)
+    total = min(total, cfg.max_steps) if cfg.max_steps is not None else total
     constrained = cfg.epsilon is not None and calibrator is not None
 
+    target = cfg.epsilon if objective is None else objective.target
+
     def calibrate() -> None:
+        at_event = getattr(calibrator, "at_event", None)
+        if at_event is not None:  # a fresh calibration batch per event, the same after a resume
+            at_event(sum(r["type"] == "calibration" for r in run.history))
         counts = calibrator(run.bias.detach())  # type: ignore[misc]
         fpr = counts["false_positives"] / max(counts["n_controls"], 1)
         feasible = cfg.epsilon is None or fpr <= cfg.epsilon
@@ -134,9 +157,12 @@ def fit(
         if run.best is None or _key(record) >= _key(run.best):
             run.best, run.best_bias = record, run.bias.detach().clone()
         if constrained:
-            run.multiplier = max(0.0, run.multiplier + cfg.dual_lr * (fpr - cfg.epsilon))
+            run.multiplier = max(0.0, run.multiplier + cfg.dual_lr * (fpr - target))  # type: ignore[operator]
         record["multiplier_after"] = run.multiplier
         run.history.append(record)
+        if objective is not None:
+            run.candidates.append({k: record[k] for k in ("step", "fpr", "n_controls", "false_positives")})
+            run.candidate_biases.append(run.bias.detach().clone())
 
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
@@ -146,13 +172,21 @@ def fit(
         if run.step == 0 and calibrator is not None and not run.history:
             calibrate()
         while run.step < total:
-            batch = make_batch(batch_for(run.step), tokens, vectors)
-            sums, counts = target_losses(
-                model, batch, AdditiveVector(run.bias, layer, site=cfg.site), cfg.loss_path
-            )
-            n_tokens = counts.sum()
-            injected = sums[batch.injected.to(sums.device)].sum() / n_tokens
-            control = sums[~batch.injected.to(sums.device)].sum() / n_tokens
+            examples = batch_for(run.step)
+            if objective is not None:
+                if objective.sampler is not None and run.step % cfg.unlikelihood_every == 0:
+                    found = objective.sampler(run.bias.detach(), run.step)
+                    run.fp_units = [*run.fp_units, *found][-64:]
+                examples = examples + objective.unlikely_rows(run.fp_units, run.step)
+            batch = make_batch(examples, tokens, vectors)
+            bias = AdditiveVector(run.bias, layer, site=cfg.site)
+            if objective is None:
+                sums, counts = target_losses(model, batch, bias, cfg.loss_path)
+                n_tokens = counts.sum()
+                injected = sums[batch.injected.to(sums.device)].sum() / n_tokens
+                control = sums[~batch.injected.to(sums.device)].sum() / n_tokens
+            else:
+                injected, control = objective.losses(model, batch, bias, cfg)
             loss = injected + (cfg.control_weight + run.multiplier) * control
             if not torch.isfinite(loss):
                 raise FloatingPointError(_nan_message(loss, run.step + 1, cfg.lr, path, last_saved))
@@ -192,10 +226,26 @@ def fit(
     if not constrained or run.best_bias is None or run.best is None:  # the last iterate, as [MOIA]
         latest = [r for r in run.history if r["type"] == "calibration" and r["step"] == run.step]
         return FitResult(
-            final, final, latest[-1] if latest else None, None, run.multiplier, run.history, run.step
+            final,
+            final,
+            latest[-1] if latest else None,
+            None,
+            run.multiplier,
+            run.history,
+            run.step,
+            run.candidates,
+            run.candidate_biases,
         )
     return FitResult(
-        run.best_bias, final, run.best, run.best["feasible"], run.multiplier, run.history, run.step
+        run.best_bias,
+        final,
+        run.best,
+        run.best["feasible"],
+        run.multiplier,
+        run.history,
+        run.step,
+        run.candidates,
+        run.candidate_biases,
     )
 
 

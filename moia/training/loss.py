@@ -42,7 +42,7 @@ def _prefix_length(batch: Batch) -> int:
 
 
 def target_losses(
-    model: LanguageModel, batch: Batch, bias: AdditiveVector, path: str = "auto"
+    model: LanguageModel, batch: Batch, bias: AdditiveVector | None, path: str = "auto"
 ) -> tuple[Tensor, Tensor]:
     """Per-row summed target cross-entropy [B] and target token counts [B].
 
@@ -51,6 +51,19 @@ def target_losses(
         path: "full", "shared_prefix", or "auto" (shared_prefix when every row shares its prompt up
             to the earliest injection start, else full).
     """
+    logits = batch_logits(model, batch, bias, path)
+    return row_losses(logits, batch), torch.tensor(
+        [len(t) for t in batch.targets], device=logits.device, dtype=torch.float32
+    )
+
+
+def batch_logits(
+    model: LanguageModel, batch: Batch, bias: AdditiveVector | None, path: str = "auto"
+) -> Tensor:
+    """Logits [B, keep, vocab] of each row's last ``keep = max(len(target)) + 1`` positions (rows are
+    left-padded, so position ``keep - 1 - len(target)`` predicts the row's first target token).
+    ``bias`` None runs the model without b (the unbiased reference)."""
+    biases = [] if bias is None else [bias]
     if path not in LOSS_PATHS:
         raise ValueError(f"unknown loss path {path!r}: expected one of {LOSS_PATHS}")
     prefix = _prefix_length(batch)
@@ -65,7 +78,7 @@ def target_losses(
         tokens, mask = left_pad(
             [p + t for p, t in zip(batch.prompts, batch.targets, strict=True)], batch_pad_id(model), device
         )
-        with intervene(model, bias, *_injections(batch, starts), attention_mask=mask):
+        with intervene(model, *biases, *_injections(batch, starts), attention_mask=mask):
             logits = final_logits(model, tokens, mask, keep)
     else:
         tails = [p[prefix:] + t for p, t in zip(batch.prompts, batch.targets, strict=True)]
@@ -73,18 +86,16 @@ def target_losses(
         full_mask = torch.cat([torch.ones(len(batch), prefix, dtype=torch.long, device=device), mask], 1)
         stepper = Stepper(model, 1)
         head = torch.tensor([batch.prompts[0][:prefix]], device=device)
-        with intervene(model, bias):  # no injection before the start: the prefix sees only b
+        with intervene(model, *biases):  # no injection before the start: the prefix sees only b
             stepper.forward(head, torch.ones_like(head))
         stepper.repeat(len(batch))
-        with intervene(model, bias, *_injections(batch, starts), attention_mask=full_mask) as state:
+        with intervene(model, *biases, *_injections(batch, starts), attention_mask=full_mask) as state:
             state.manual, state.seen = True, prefix
             logits = stepper.forward(tokens, mask, keep=keep)
-    return _row_losses(logits, batch), torch.tensor(
-        [len(t) for t in batch.targets], device=device, dtype=torch.float32
-    )
+    return logits
 
 
-def _row_losses(logits: Tensor, batch: Batch) -> Tensor:
+def row_losses(logits: Tensor, batch: Batch) -> Tensor:
     """Summed cross-entropy of each row's target, from the logits of its last ``keep`` positions."""
     keep = logits.shape[1]
     rows: list[int] = []

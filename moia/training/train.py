@@ -42,6 +42,8 @@ from ..core.model import LanguageModel, model_name, n_layers
 from ..directions.bias import BiasVector
 from ..directions.concepts import ConceptVectors, concept_vectors, concept_words
 from .config import MOIA_EVAL_DEPTHS, TrainConfig, make_config
+from .constrained import certify_bias, d0_splits, train_certified
+from .control import ControlFamily
 from .data import Example, TrialTokens, plan_epoch, trial_tokens
 from .evaluation import EvalTrial, TrialCalibration, evaluate_bias, max_abs_cos, verify_bias
 from .fit import FitResult, fit
@@ -92,6 +94,10 @@ def train_bias(
     progress: bool = True,
     calibrator: Callable[[Any], dict[str, Any]] | None = None,
     tokens: TrialTokens | None = None,
+    val_concepts: Sequence[str] = (),
+    family: Any = None,
+    answer_sets: tuple[Sequence[int], Sequence[int]] | None = None,
+    certify_test: bool = True,
     **options: Any,
 ) -> BiasVector:
     """Train b on ``train_concepts`` (PROTOCOL §5) under FPR_cal <= ε; see the module docstring.
@@ -103,8 +109,13 @@ def train_bias(
         checkpoint: a path; written every ``checkpoint_every`` steps and at the end.
         resume: continue from ``checkpoint`` if it exists (same config required); the result equals
             an uninterrupted run's.
-        calibrator: replaces the default ``TrialCalibration`` (a callable b -> counts).
+        calibrator: a callable b -> counts on fixed calibration trials; given, training takes the
+            earlier path (``TrialCalibration``-style calibration, held-out trials 11+), not D₀'s.
         tokens: replaces the tokenized PROTOCOL §2 prompts and targets (``trial_tokens``).
+        val_concepts: validation concepts (disjoint from train and held-out): the calibration's
+            injected trials, whose detection chooses among eligible iterates.
+        family: replaces D₀ (``moia.training.control.ControlFamily``); answer_sets: the
+            (affirmative, negative) first-token ids of the surrogate (default from the tokenizer).
     """
     if layer is not None:
         options["layer"] = layer
@@ -114,10 +125,26 @@ def train_bias(
         raise ValueError("train_concepts is empty: the bias needs at least one concept to train on")
     bias_layer = resolve_layers(model, [cfg.layer])[0]
     band = resolve_layers(model, list(cfg.injection_layers))
-    cv = _vectors_for(model, concepts, band, vectors, progress)
+    extra = [w for w in val_concepts if w not in concepts] if calibrator is None and vectors is None else []
+    cv = _vectors_for(model, [*concepts, *extra], band, vectors, progress)  # one pass for train + val
     if tokens is None:
         all_trials = sorted(set(cfg.trials) | set(cfg.calibration_trials))
         tokens = trial_tokens(model, all_trials, concepts, cfg.system, cfg.lowercase_target)
+    if calibrator is None:  # the default: D₀, its splits and the certification
+        val = list(val_concepts)
+        overlap = sorted(set(val) & set(concepts))
+        if overlap:
+            raise ValueError(f"val_concepts overlap the train concepts: {overlap[:10]}")
+        known = all(w in cv.words for w in val)
+        val_cv = cv if known else concept_vectors(model, val, band, progress=progress)
+        n_controls = len(set(cfg.calibration_trials))  # calibration_trials lists the controls first
+        val_trials = calibration_trials(cfg, val, band, val_cv)[n_controls:] if val else []
+        return train_certified(
+            model, concepts, cfg, bias_layer, band, cv, tokens,
+            val_trials=val_trials, family=family, answer_sets=answer_sets, checkpoint=checkpoint,
+            resume=resume, progress=progress, run_config={**cfg.to_json(), "val_concepts": val},
+            certify_test=certify_test,
+        )  # fmt: skip
     if calibrator is None:
         trials = calibration_trials(cfg, concepts, band, cv)
         calibrator = TrialCalibration(model, tokens, trials, bias_layer, cfg.site, cfg.max_new_tokens)
@@ -247,6 +274,7 @@ def sweep_bias_layers(
             resume=resume,
             progress=progress,
             verify_controls=0,
+            certify_test=False,
         )
         report = evaluate_bias(
             model,
@@ -271,6 +299,11 @@ def sweep_bias_layers(
         ),
     )
     chosen = trained[best]
+    if "selection" in chosen.verification:  # certified on D₀'s test split, once, for the chosen layer
+        chosen.verification["certification"] = certify_bias(
+            model, cfg, ControlFamily(model, cfg.d0, cfg.system), d0_splits(cfg), chosen.vector, chosen.layer,
+            band, cv,
+        )  # fmt: skip
     if cfg.verify_controls:
         chosen.verification["held_out"] = verify_bias(
             model,

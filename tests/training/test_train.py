@@ -9,6 +9,7 @@ import random
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -352,55 +353,36 @@ def test_training_through_the_kernel_equals_the_twin():
 
 # ---------------------------------------------------------------------- real model (slow)
 @pytest.mark.slow
-def test_constraint_binds_on_smollm2(smollm2):
-    """ε = 0 where plain training raises false positives: a high lr and no weight on the "No"
-    targets (control_weight 0), so only the multiplier can bring the control loss in. The
-    unconstrained run ends with calibration false positives; the constrained one raises λ and
-    returns an iterate whose calibration FPR is 0 (re-measured independently)."""
-    from moia.directions.concepts import concept_vectors
-    from moia.training.data import trial_tokens
-    from moia.training.evaluation import EvalTrial, TrialCalibration
+def test_certified_run_on_smollm2(smollm2):
+    """A short certified run on SmolLM2 and greedy paraphrase D₀: either the bound holds (upper
+    bound <= ε) or the report says infeasible; the certification's counts are those of the test
+    units recounted here, and b = 0 is measured on the very same units. Random concept vectors
+    (the claim is the certification, not concept quality) and tiny splits keep it short."""
+    from moia.training.constrained import d0_splits
+    from moia.training.control import ControlFamily
+    from moia.training.evaluation import bias_intervention
 
-    words = WORDS
+    g = torch.Generator().manual_seed(0)
+    words = WORDS[:2]
+    cv = ConceptVectors(words, [15], 4 * torch.randn(2, 1, 576, generator=g), "smollm2-135m-instruct", 30)
     settings = dict(
-        injection_layers=[0.5, 0.6],
-        batch_size=4,
-        lr=5e-2,
-        steps=4,
-        eval_every=2,
-        max_new_tokens=8,
-        calibration_injected=0,
-        verify_controls=0,
-        control_weight=0.0,
-        dual_lr=50.0,
-        progress=False,
-        seed=42,
-    )
-    vectors = concept_vectors(smollm2, words, [0.5, 0.6])
-    plain = train_bias(smollm2, words, epsilon=None, vectors=vectors, **settings)
-    constrained = train_bias(smollm2, words, epsilon=0.0, vectors=vectors, **settings)
-
-    def calibrations(bias):
-        return [r for r in bias.history if r["type"] == "calibration"]
-
-    assert calibrations(plain)[0]["false_positives"] == 0  # the untrained model has none
-    assert calibrations(plain)[-1]["false_positives"] > 0  # plain training raises them
-    assert plain.verification["multiplier"] == 0
-    chosen = constrained.verification["calibration"]
-    assert constrained.verification["feasible"] is True and chosen["false_positives"] == 0
-    assert chosen["step"] > 0 and float(constrained.vector.norm()) > 0  # a trained iterate
-    assert constrained.verification["multiplier"] > 0  # the constraint was active
-    tokens = trial_tokens(smollm2, range(1, 11), [])
-    check = TrialCalibration(
-        smollm2,
-        tokens,
-        [EvalTrial(n) for n in range(1, 11)],
-        constrained.layer,
-        constrained.site,
-        max_new_tokens=8,
-    )
-    assert check(constrained.vector)["false_positives"] == 0
-    assert check(plain.vector)["false_positives"] > 0
+        injection_layers=[15], steps=1, eval_every=1, batch_size=2, trials=[1], calibration_trials=[1],
+        max_new_tokens=6, calibration_units=4, test_units=4, calibration_batch=2, unlikelihood_units=0,
+        select_candidates=1, epsilon=0.5, progress=False,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an infeasible run warns; the report is what is checked
+        bias = train_bias(smollm2, words, vectors=cv, **settings)
+    v, c = bias.verification, bias.verification["certification"]
+    assert c["certified"] == (c["upper_bound"] <= 0.5) and c["n"] == 4
+    assert v["feasible"] or c.get("infeasible") is True
+    cfg = make_config(**{k: x for k, x in settings.items() if k != "progress"})
+    test = d0_splits(cfg).test
+    assert c["unit_indices"] == [u.index for u in test]
+    family = ControlFamily(smollm2, "paraphrase", None)
+    flags, _ = family.false_positives(test, bias_intervention(bias.vector, bias.layer, bias.site), 6)
+    base, _ = family.false_positives(test, [], 6)
+    assert (c["false_positives"], c["baseline"]["false_positives"]) == (sum(flags), sum(base))
 
 
 @pytest.mark.slow
@@ -445,6 +427,7 @@ def test_layer_sweep_picks_the_best_eligible_layer(monkeypatch):
 
     def fake_train(model, concepts, layer, **kw):
         assert kw["verify_controls"] == 0 and kw["config"].lr == 1e-3
+        assert kw["certify_test"] is False  # each layer's bias leaves the test split alone
         return BiasVector(
             torch.ones(8), layer, "mlp_pre_norm", "m", 10, verification={"feasible": feasible[layer]}
         )
