@@ -4,6 +4,12 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Without a GPU the Triton kernel can only run in Triton's interpreter, which triton reads when it is
+# first imported -- and transformer_lens imports triton, so any test module that imports
+# transformer_lens at collection would otherwise fix triton in compiled mode before the kernel tests
+# (tests/kernels/test_kernel.py) are collected. Only MOIA_FORCE_TRITON=1 sends CPU tensors to it.
+if not os.path.exists("/proc/driver/nvidia"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Every annotated function of moia has its types and jaxtyping shapes checked at run time in the
 # test suite (beartype). The hook must be installed before moia is first imported.
@@ -141,6 +147,32 @@ def cached_tokenizer(name: str):
 @pytest.fixture(scope="session")
 def smollm2_tok():
     return cached_tokenizer("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_tok(smollm2_tok):
+    """A 3-layer random HookedTransformer with SmolLM2's tokenizer (real tokens, fast forwards)."""
+    if not HAS_HOOKED:
+        pytest.skip("transformer-lens >= 4 has no HookedTransformer")
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=3,
+        d_model=32,
+        n_heads=4,
+        d_head=8,
+        d_mlp=64,
+        d_vocab=len(smollm2_tok),
+        n_ctx=256,
+        act_fn="silu",
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        gated_mlp=True,
+        rotary_dim=8,
+        seed=1,
+        model_name="tiny-tok",
+    )
+    return HookedTransformer(cfg, tokenizer=smollm2_tok).eval()
 
 
 GEMMA3_IT_TEMPLATE = os.path.join(os.path.dirname(__file__), "fixtures", "gemma3_it_chat_template.jinja")

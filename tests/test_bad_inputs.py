@@ -137,7 +137,7 @@ CASES = [
         "backend=jax",
         lambda t: moia.load_model(backend="jax"),
         ValueError,
-        "backend must be 'hooked' or 'bridge'",
+        "backend must be 'hooked', 'bridge' or 'hf', got 'jax'",
     ),
 ]
 

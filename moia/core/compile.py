@@ -89,6 +89,8 @@ class SiteHook:
     injections: list[SiteOp]
     prepared: PreparedIntervention | None
     extra: list[PreparedIntervention]
+    readers: list[tuple[Reader, int]]  # (reader, its number of coefficients)
+    readout: Tensor | None
 
     def __init__(
         self, name: str, ops: list[SiteOp], state: PositionState, track: bool, like: "SiteHook | None" = None
@@ -109,7 +111,7 @@ class SiteHook:
             (op.bias, op.bias_scale) for op in ops if op.bias is not None and op.bias.requires_grad
         ]
         self.injections = [op for op in ops if op.vectors is not None]
-        self.readers: list[tuple[Reader, int]] = []  # (reader, its number of coefficients)
+        self.readers = []
         readouts = []
         for op in ops:
             if op.readout is None:
