@@ -245,8 +245,9 @@ def grader_accuracy(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[
     out: dict[str, dict[str, list[tuple[bool, bool]]]] = {}
     for i, row in enumerate(rows):
         question, grader, label = row.get("question"), row.get("grader"), row.get("label")
-        well_formed = isinstance(grader, dict) and isinstance(label, dict)
-        if question not in ("detect", "feeling") or not well_formed:
+        if question not in ("detect", "feeling") or not isinstance(grader, dict):
+            raise ValueError(f"row {i}: expected question 'detect' or 'feeling', grader, label; got {row!r}")
+        if not isinstance(label, dict):
             raise ValueError(f"row {i}: expected question 'detect' or 'feeling', grader, label; got {row!r}")
         unknown = sorted(set(label.get("emotions", [])) - set(names))
         if unknown:
