@@ -11,7 +11,8 @@ fixed seed, and writes two files:
 - ``--out`` (JSONL): what a labeller sees — ``id``, ``question`` ("detect" or "feeling"), the
   question's text and the ``reply``; never the emotion injected or evoked, the arm, the vector
   kind, whether the trial was a control, or what the grader said;
-- ``--key`` (JSON): ``{id: {source, arm, kind, emotion, strength, run, trial_id, grader}}``, where
+- ``--key`` (JSON): ``{id: {condition, source, arm, kind, emotion, strength, run, trial_id, grader}}``
+  (``condition`` is "arm/source/kind", e.g. "ablation/injected-detect/random"), where
   ``emotion`` is the injected or evoked emotion (None for controls and random directions) and
   ``grader`` the rule grader's output at drawing time: ``named`` (``self_report``) and, for detect
   replies, ``claims_detection`` and ``rule`` (``claims_emotion_detection``).
@@ -121,7 +122,8 @@ def main() -> None:
         replies.append(
             {"id": rid, "question": question, "question_text": TEXT[question], "reply": shown["reply"]}
         )
-        keys[rid] = {**key, "grader": grader_output(question, shown["reply"])}
+        condition = f"{key['arm']}/{key['source']}/{key['kind']}"
+        keys[rid] = {"condition": condition, **key, "grader": grader_output(question, shown["reply"])}
     write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in replies))
     write_json(args.key, keys)
     counts: dict[str, int] = {}

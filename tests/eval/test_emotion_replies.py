@@ -63,6 +63,7 @@ def test_replies_and_key(tmp_path):
     )
     for r in replies:
         k = keys[r["id"]]
+        assert k["condition"] == f"baseline/{k['source']}/{k['kind']}"
         assert k["grader"]["named"] == self_report(r["reply"])
         assert ("claims_detection" in k["grader"]) == (r["question"] == "detect")
         assert k["emotion"] == (
