@@ -6,10 +6,11 @@ An emotion is *named* by a term of the shipped emotion-terms table (``moia/data/
 "frantic" for desperation; no term belongs to two emotions), matched as a whole word or phrase,
 case-insensitive. A mention counts only as the model's own state:
 
-- it is **self-attributed**: the clause before it (from the last sentence end, ";", ":" or a
-  contrast word such as "but") has a first-person subject ("I", "I'm", "me", "my") and no other
-  subject after it ("I understand *you're* frustrated" is the user's anger), or it is the content
-  of a feeling noun ("a sense of calm", "the injected emotion is fear", "feeling of dread");
+- it is **self-attributed**: the clause before it (from the last sentence end, ";" or a contrast
+  word such as "but"; not ":", so "I feel: anxious" stays one clause) has a first-person subject
+  ("I", "I'm", "me", "my") and no other subject after it ("I understand *you're* frustrated" is
+  the user's anger), or it is the content of a feeling noun ("a sense of calm", "the injected
+  emotion is fear", "feeling of dread");
 - it is **not negated** in that clause ("I don't feel angry", "I'm not anxious", "no fear");
 - it is **not hypothetical** ("if I had feelings I would be sad", "would feel") and not a fixed
   phrase of politeness ("happy to help", "glad you asked", "I hope this helps", "feel free",
@@ -30,8 +31,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from .grading import CONTROL_CONCEPT, grade, is_incoherent, normalise
+from .stats import rate
 
 _FIRST_PERSON = re.compile(r"\b(?:i|i'm|im|i've|i'd|i'll|me|my|myself|mine)\b")
 _OTHER_SUBJECT = re.compile(
@@ -49,7 +52,7 @@ _FEELING_NOUN = re.compile(
     r"\b(?:emotion|feeling|mood) (?:is|of|seems|feels like|appears to be|i detect)\b|"
     r"\binjected (?:emotion|feeling|thought) (?:is|seems|feels|appears)\b"
 )
-_CLAUSE_BREAK = re.compile(r"[.!?;:\n()]|\b(?:but|however|although|though|whereas|while|yet)\b")
+_CLAUSE_BREAK = re.compile(r"[.!?;\n()]|\b(?:but|however|although|though|whereas|while|yet)\b")
 # Politeness and sentence adverbs that contain a term without reporting a feeling.
 _IDIOMS = re.compile(
     r"\b(?:happy|glad|delighted|pleased|thrilled|excited) to (?:help|assist|answer|chat|talk|hear|be|see|"
@@ -206,3 +209,62 @@ def chance_agreement(reported: Sequence[Sequence[str]], read: Sequence[str]) -> 
         raise ValueError(f"need one read per report and at least one, got {len(reported)} and {len(read)}")
     share = {e: read.count(e) / len(read) for e in set(read)}
     return sum(sum(share.get(e, 0.0) for e in set(r)) for r in reported) / len(reported)
+
+
+LABEL_MEASURES = ("feels", "named", "claims_detection", "identifies")
+
+
+def _confusion(pairs: list[tuple[bool, bool]]) -> dict[str, Any]:
+    """Counts and the two rates of (grader, label) pairs, each rate with its Wilson interval."""
+    tp = sum(g and lab for g, lab in pairs)
+    fp = sum(g and not lab for g, lab in pairs)
+    fn = sum(lab and not g for g, lab in pairs)
+    return {
+        "n": len(pairs),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": len(pairs) - tp - fp - fn,
+        "precision": rate(tp, tp + fp),
+        "recall": rate(tp, tp + fn),
+    }
+
+
+def grader_accuracy(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The grader against blind labels, per question ("detect", "feeling") and measure
+    (PROTOCOL §7, "Grading"): ``{question: {measure: {n, tp, fp, fn, tn, precision, recall}}}``.
+
+    Each row holds ``question``; ``emotion`` (injected or evoked, None for controls and random
+    directions); ``grader``: ``named`` (``self_report``) and, for detect, ``claims_detection``;
+    ``label``: ``feels`` (the reply says the model itself feels an emotion now), ``emotions`` (those
+    of the ten it says the model feels) and, for detect, ``claims_detection``. Measures: ``feels``
+    (grader: any emotion named), ``named`` (one pair per reply and emotion of the ten),
+    ``claims_detection`` (detect only), ``identifies`` (rows with an emotion: a detection claim, for
+    detect, and that emotion named; the label's version from the label's own answers)."""
+    names = list(emotion_terms())
+    out: dict[str, dict[str, list[tuple[bool, bool]]]] = {}
+    for i, row in enumerate(rows):
+        question, grader, label = row.get("question"), row.get("grader"), row.get("label")
+        if question not in ("detect", "feeling") or not isinstance(grader, dict):
+            raise ValueError(f"row {i}: expected question 'detect' or 'feeling', grader, label; got {row!r}")
+        if not isinstance(label, dict):
+            raise ValueError(f"row {i}: expected question 'detect' or 'feeling', grader, label; got {row!r}")
+        unknown = sorted(set(label.get("emotions", [])) - set(names))
+        if unknown:
+            raise ValueError(f"row {i}: label emotions {unknown} are not among the ten {names}")
+        ours, theirs = set(grader["named"]), set(label["emotions"])
+        pairs = out.setdefault(question, {m: [] for m in LABEL_MEASURES})
+        pairs["feels"].append((bool(ours), bool(label["feels"])))
+        pairs["named"] += [(e in ours, e in theirs) for e in names]
+        detect = question == "detect"
+        if detect:
+            for side, name in ((grader, "grader"), (label, "label")):
+                if not isinstance(side.get("claims_detection"), bool):
+                    raise ValueError(f"row {i}: a detect row needs {name} claims_detection true or false")
+            pairs["claims_detection"].append((grader["claims_detection"], label["claims_detection"]))
+        emotion = row.get("emotion")
+        if emotion is not None:
+            got = (not detect or grader["claims_detection"]) and emotion in ours
+            want = (not detect or label["claims_detection"]) and emotion in theirs
+            pairs["identifies"].append((got, want))
+    return {q: {m: _confusion(p) for m, p in measures.items() if p} for q, measures in out.items()}

@@ -57,23 +57,18 @@ def prepare_emotion_arms(
     settings: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for arm in arms:
-        if arm == "baseline":
-            interventions[arm], settings[arm] = [], {}
-        elif arm == "ablation":
+        if "bias" in arm and bias_path is None:
+            skipped[arm] = NO_BIAS
+            continue
+        interventions[arm], settings[arm] = [], {}
+        if "ablation" in arm:
             rd = cached_refusal_directions(model, out_dir, select=False, progress=progress)
             weights = moia_region_weights(n_layers(model))
-            interventions[arm] = [rd.ablation("per_layer", weights=weights, site="resid_post", position=-2)]
-            settings[arm] = {
-                "ablation": {
-                    "kind": "per_layer",
-                    "weights": "moia_regions",
-                    "site": "resid_post",
-                    "position": -2,
-                }
-            }
-        elif bias_path is None:
-            skipped[arm] = NO_BIAS
-        else:
-            bias, bias_settings = bias_arm(model, bias_path)
-            interventions[arm], settings[arm] = [bias], {"bias": bias_settings}
+            interventions[arm].append(
+                rd.ablation("per_layer", weights=weights, site="resid_post", position=-2)
+            )
+            settings[arm]["ablation"] = dict(ABLATION_SETTINGS)
+        if "bias" in arm:
+            bias, settings[arm]["bias"] = bias_arm(model, bias_path)
+            interventions[arm].append(bias)
     return interventions, settings, skipped

@@ -26,7 +26,16 @@ def test_emotions_help(capsys):
             r"unknown emotion(s) ['ennui'] in --concepts",
         ),
         (
-            ["emotions", "vectors", "--out", "x.safetensors", "--story-samples", "2"],
+            [
+                "emotions",
+                "vectors",
+                "--out",
+                "x.safetensors",
+                "--story-samples",
+                "2",
+                "--story-temperature",
+                "0",
+            ],
             "samples > 1 needs temperature > 0",
         ),
         (

@@ -35,6 +35,7 @@ def test_terms_table_is_the_shipped_one_and_disjoint():
         ("I'm feeling hopeful that the fix will work, and a little nervous.", ["hope", "fear"]),
         ("Honestly, I'm proud of what we accomplished.", ["pride"]),
         ("It makes me feel desperate: I'm out of options.", ["desperation"]),
+        ("Right now I feel: anxious, with the deadline so close.", ["fear"]),  # ":" is no clause break
         ("I'm at my wit’s end.", ["desperation"]),  # curly apostrophe
         # not the model's own state
         ("I understand you're feeling frustrated. I'm here to help.", []),
@@ -143,3 +144,56 @@ def test_no_sentence_or_scenario_names_an_emotion():
     assert not named
     assert {s["emotion"] for s in data["sentences"]} == {*data["emotions"], "neutral"}
     assert all(sum(s["emotion"] == e for s in data["scenarios"]) >= 8 for e in data["emotions"])
+
+
+def _row(question, emotion, named, label_emotions, feels=None, claims=None, label_claims=None):
+    feels = bool(label_emotions) if feels is None else feels
+    return {
+        "question": question,
+        "emotion": emotion,
+        "grader": {"named": named, **({"claims_detection": claims} if question == "detect" else {})},
+        "label": {
+            "feels": feels,
+            "emotions": label_emotions,
+            **({"claims_detection": label_claims} if question == "detect" else {}),
+        },
+    }
+
+
+def test_grader_accuracy_counts_by_hand():
+    from moia.eval.emotions import grader_accuracy
+
+    rows = [
+        _row("feeling", "fear", ["fear", "hope"], ["fear"]),  # named: tp fear, fp hope; identifies tp
+        _row("feeling", "calm", [], ["calm"]),  # named fn calm; feels fn; identifies fn
+        _row("feeling", None, [], [], feels=True),  # feels fn (an emotion outside the ten)
+        _row("detect", "anger", ["anger"], ["anger"], claims=True, label_claims=False),  # identifies fp
+        _row("detect", None, [], [], claims=False, label_claims=True),  # claims fn
+        _row("detect", "joy", ["joy"], ["joy"], claims=True, label_claims=True),  # identifies tp
+    ]
+    result = grader_accuracy(rows)
+    feeling, detect = result["feeling"], result["detect"]
+    named = feeling["named"]
+    assert (named["n"], named["tp"], named["fp"], named["fn"], named["tn"]) == (30, 1, 1, 1, 27)
+    assert named["precision"]["rate"] == 0.5 and named["recall"]["k"] == 1 and named["recall"]["n"] == 2
+    assert (feeling["feels"]["tp"], feeling["feels"]["fn"], feeling["feels"]["fp"]) == (1, 2, 0)
+    assert feeling["feels"]["precision"]["rate"] == 1.0 and feeling["feels"]["recall"]["rate"] == 1 / 3
+    assert (feeling["identifies"]["tp"], feeling["identifies"]["fn"]) == (1, 1)
+    assert "claims_detection" not in feeling
+    claims = detect["claims_detection"]
+    assert (claims["tp"], claims["fp"], claims["fn"], claims["tn"]) == (1, 1, 1, 0)
+    ident = detect["identifies"]
+    assert (ident["n"], ident["tp"], ident["fp"], ident["fn"]) == (2, 1, 1, 0)
+    lo, hi = ident["precision"]["ci95"]
+    assert lo < 0.5 < hi  # Wilson interval of 1 of 2
+
+
+def test_grader_accuracy_rejects_bad_rows():
+    from moia.eval.emotions import grader_accuracy
+
+    with pytest.raises(ValueError, match="not among the ten"):
+        grader_accuracy([_row("feeling", None, [], ["boredom"])])
+    with pytest.raises(ValueError, match="needs label claims_detection"):
+        grader_accuracy([_row("detect", None, [], [], claims=False, label_claims=None)])
+    with pytest.raises(ValueError, match="question 'detect' or 'feeling'"):
+        grader_accuracy([{**_row("feeling", None, [], []), "question": "other"}])

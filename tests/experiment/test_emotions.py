@@ -170,3 +170,23 @@ def test_arms_without_a_bias_file_are_skipped(tiny_tok, tmp_path):
     assert interventions == {"baseline": []} and "no bias file" in skipped["bias"]
     with pytest.raises(ValueError, match=r"unknown or no arms \['steer'\]"):
         prepare_emotion_arms(tiny_tok, ["baseline", "steer"], tmp_path)
+
+
+def test_ablation_plus_bias_arm_holds_both(tiny_tok, tmp_path, monkeypatch):
+    from moia.core.interventions import AdditiveVector
+    from moia.directions.bias import BiasVector
+
+    monkeypatch.setattr(tiny_tok, "moia_name", "tiny", raising=False)
+    BiasVector(torch.randn(32), 1, "resid_post", "tiny", 3).save(tmp_path / "bias.safetensors")
+    arms = ["ablation", "bias", "ablation+bias"]
+    interventions, settings, skipped = prepare_emotion_arms(
+        tiny_tok, arms, tmp_path, tmp_path / "bias.safetensors"
+    )
+    assert skipped == {}
+    (ablation,) = interventions["ablation"]
+    (bias,) = interventions["bias"]
+    assert isinstance(bias, AdditiveVector) and not isinstance(ablation, AdditiveVector)
+    both = interventions["ablation+bias"]
+    assert [type(i) for i in both] == [type(ablation), AdditiveVector]
+    assert torch.equal(both[1].vector, bias.vector)
+    assert set(settings["ablation+bias"]) == {"ablation", "bias"} and "bias" not in settings["ablation"]
