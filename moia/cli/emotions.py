@@ -26,6 +26,33 @@ EMOTION_QUICK: dict[str, Any] = dict(
 )
 
 
+def unset_protocol_defaults(args: argparse.Namespace) -> None:
+    """``moia reproduce``'s grid options default to "the protocol's" value; emotion runs have no
+    protocol, so an option not given becomes None (then ``EMOTION_QUICK``'s value), the four arms
+    for ``--arms``, or the ``Sweep`` default."""
+    import dataclasses
+
+    from ..experiment.protocols import PROTOCOL_FIELDS
+    from ..experiment.sweep import ARMS, Sweep
+    from .reproduce import PROTOCOL_DEFAULT
+
+    defaults = {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
+        for f in dataclasses.fields(Sweep)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+    for name in PROTOCOL_FIELDS:
+        if getattr(args, name, None) is not PROTOCOL_DEFAULT:
+            continue
+        if name == "arms":
+            value: Any = list(ARMS)
+        elif name in EMOTION_QUICK or name not in defaults:
+            value = None
+        else:
+            value = defaults[name]
+        setattr(args, name, value)
+
+
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("emotions", help="emotion vectors, probes and the natural-emotion experiment")
     sub = p.add_subparsers(dest="emotions_command", metavar="COMMAND", required=True)
@@ -204,6 +231,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from ..experiment.sweep import Sweep
 
     t0 = time.perf_counter()
+    unset_protocol_defaults(args)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
