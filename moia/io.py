@@ -42,6 +42,33 @@ def atomic_path(path: PathLike) -> Iterator[pathlib.Path]:
         raise
 
 
+def writable_dir(path: PathLike, option: str) -> pathlib.Path:
+    """Check, before any long work, that the folder ``path`` (named ``option`` in errors, e.g.
+    ``--out``) can hold moia's outputs: it is created if missing, and a file is written and removed
+    in it. A path that is a file, or a folder where nothing can be written, is a ``ValueError``."""
+    folder = pathlib.Path(path)
+    for parent in (folder, *folder.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{option} {str(path)!r}: {str(parent)!r} is a file, expected a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".moia-write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{option} {str(path)!r}: cannot write there ({e.strerror or e})") from None
+    return folder
+
+
+def writable_file(path: PathLike, option: str) -> pathlib.Path:
+    """``writable_dir`` for the folder of the file ``path``; ``path`` itself must not be a folder."""
+    target = pathlib.Path(path)
+    if target.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a folder, expected a file name")
+    writable_dir(target.parent, option)
+    return target
+
+
 def atomic_write(path: PathLike, data: bytes) -> pathlib.Path:
     """Write ``data`` to ``path`` atomically; returns the path."""
     with atomic_path(path) as tmp:

@@ -23,6 +23,8 @@ USER_ERRNOS = {
     errno.ENOENT,
     errno.EISDIR,
     errno.ENOTDIR,
+    errno.EFBIG,  # a file-size limit (ulimit -f) or a full quota
+    errno.EDQUOT,
 }
 
 

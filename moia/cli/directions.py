@@ -11,6 +11,7 @@ import argparse
 import math
 from typing import Any
 
+from ..io import writable_file
 from .options import add_model_options, layer_arg, load_model_from_args
 
 
@@ -58,6 +59,7 @@ def run_concepts(args: argparse.Namespace) -> int:
     from ..directions.concepts import concept_vectors, concept_words
 
     words = args.words or concept_words(args.word_list)
+    writable_file(args.out, "--out")  # before the model loads
     cv = concept_vectors(
         load_model_from_args(args),
         words,
@@ -78,6 +80,7 @@ def run_refusal(args: argparse.Namespace) -> int:
     from ..directions.prompts import load_prompts
     from ..directions.refusal import refusal_directions
 
+    writable_file(args.out, "--out")  # before the model loads
     rd = refusal_directions(
         load_model_from_args(args),
         load_prompts(args.harmful),

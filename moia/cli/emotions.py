@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from ..directions.stories import StorySettings
+from ..io import writable_dir, writable_file
 from .options import add_model_options, add_options, from_args, layer_arg, load_model_from_args
 
 VECTOR_FILE = "emotion_vectors.safetensors"
@@ -121,6 +122,7 @@ def run_vectors(args: argparse.Namespace) -> int:
     from ..experiment.emotion_probes import validate
 
     settings = story_settings(args)  # bad settings fail before the model loads
+    writable_file(args.out, "--out")
     model = load_model_from_args(args)
     ev = emotion_vectors(
         model,
@@ -199,7 +201,7 @@ def run_natural_command(args: argparse.Namespace) -> int:
     from ..experiment.report import text_table
     from ..io import write_json
 
-    out = pathlib.Path(args.out)
+    out = writable_dir(args.out, "--out")
     model = load_model_from_args(args)
     ev = cached_emotion_vectors(model, out, args.vectors, args)
     interventions, arm_settings, skipped = prepare_emotion_arms(model, args.arms, out, args.bias)
@@ -247,8 +249,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown emotion(s) {unknown} in --concepts: expected some of {known}")
     grid = {k: EMOTION_QUICK[k] if getattr(args, k) is None else getattr(args, k) for k in EMOTION_QUICK}
-    out = pathlib.Path(args.out or f"runs/emotions-{pathlib.Path(args.model).name}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(args.out or f"runs/emotions-{pathlib.Path(args.model).name}", "--out")
     model = load_model_from_args(args)
     ev = cached_emotion_vectors(model, out, args.emotion_vectors, args)
     interventions, arm_settings, skipped = prepare_emotion_arms(

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..experiment.arms import AblationSpec
 from ..experiment.moodring import ARMS, MoodringSettings
+from ..io import writable_dir
 from .options import add_model_options, add_options, from_args, load_model_from_args
 
 VECTORS = "emotion_vectors.safetensors"
@@ -84,7 +85,7 @@ def _setup(args: argparse.Namespace, default_out: str) -> tuple[Any, pathlib.Pat
         torch.set_num_threads(args.threads)
     if args.vectors and not pathlib.Path(args.vectors).exists():
         raise FileNotFoundError(f"emotion vectors file not found: {args.vectors}")
-    out = pathlib.Path(args.out or f"{default_out}-{pathlib.Path(args.model).name}")
+    out = writable_dir(args.out or f"{default_out}-{pathlib.Path(args.model).name}", "--out")
     model = load_model_from_args(args)
     out.mkdir(parents=True, exist_ok=True)
     return model, out

@@ -10,10 +10,10 @@ corrupted one). Writes ``patching_<site>.png`` (layers × tokens, or layers × h
 """
 
 import argparse
-import pathlib
 import time
 from typing import Any
 
+from ..io import writable_dir
 from .options import add_model_options, load_model_from_args
 
 IOI_CLEAN = "When John and Mary went to the store, John gave a drink to"
@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis import patching
     from ..io import write_json
 
+    out = writable_dir(args.out, "--out")  # before the model loads
     model: Any = load_model_from_args(args)  # to_tokens / to_str_tokens: both backends have them
-    out = pathlib.Path(args.out)
     answer, wrong = _single_token(model, args.answer, "--answer"), _single_token(model, args.wrong, "--wrong")
     clean, corrupted = model.to_tokens(args.clean), model.to_tokens(args.corrupted)
 

@@ -24,6 +24,7 @@ from typing import Any
 from ..experiment.arms import AblationSpec
 from ..experiment.protocols import PROTOCOL_FIELDS, PROTOCOLS, protocol_settings
 from ..experiment.sweep import Sweep
+from ..io import writable_dir
 from .options import add_model_options, add_options, from_args, load_model_from_args
 from .workers import add_worker_options, run_with_workers
 
@@ -139,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     judge = make_judge(args.judge)
     name = pathlib.Path(args.model).name
     out = pathlib.Path(args.out or f"runs/{args.protocol}-{name}{'-full' if args.full else ''}")
+    writable_dir(out, "--out")  # before any model work
     if args.bias and not pathlib.Path(args.bias).exists():
         raise FileNotFoundError(f"bias file not found: {args.bias}")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..core.model import LanguageModel
 from ..directions.bias import BiasVector
-from ..io import write_json
+from ..io import writable_file, write_json
 from ..training.config import TrainConfig
 from .options import add_model_options, add_options, from_args, layer_arg, load_model_from_args
 
@@ -79,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
     train, held_out = split_from_args(args)
     out = pathlib.Path(args.out)
     ckpt = pathlib.Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt.safetensors")
+    for path, option in ((out, "--out"), (args.report, "--report"), (ckpt, "--checkpoint")):
+        if path is not None:
+            writable_file(path, option)  # before the model loads
     model = load_model_from_args(args)
     if args.resume and not ckpt.exists() and not args.sweep_layers:
         print(f"no checkpoint at {ckpt}: starting afresh")
