@@ -3,6 +3,7 @@ was expected, raised before any model work (one table; ``python -m tests.test_ba
 
 import math
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +135,23 @@ CASES = [
     ),
     Case("device=tpu", lambda t: moia.load_model(device="tpu"), ValueError, "device 'tpu'"),
     Case(
+        "load_model(empty folder)",
+        lambda t: moia.load_model(tempfile.mkdtemp(prefix="moia-empty-")),
+        ValueError,
+        "the folder has no config.json; expected a Hugging Face model folder",
+    ),
+    Case(
+        "per-row ablation, 3 rows for a batch of 2",
+        lambda t: t.run_with_hooks(
+            torch.randint(0, 100, (2, 5)),
+            fwd_hooks=moia.fwd_hooks(
+                t, moia.DirectionAblation(torch.randn(3, 2, 64), layers=[1], site="resid_post", per_row=True)
+            ),
+        ),
+        ValueError,
+        "per-row directions have 3 rows but the batch has 2",
+    ),
+    Case(
         "backend=jax",
         lambda t: moia.load_model(backend="jax"),
         ValueError,
@@ -209,3 +227,18 @@ if __name__ == "__main__":  # the table for notes: what was tried and what it sa
             print(f"| {case.what} | NO ERROR |", file=sys.stdout)
         except Exception as e:  # noqa: BLE001 (printing a table of whatever each case raises)
             print(f"| {case.what} | {type(e).__name__}: {str(e).splitlines()[0][:160]} |")
+
+
+def test_generate_refuses_token_ids_by_name():
+    """Outside the test suite's type checker (which would catch it first), token ids passed as
+    prompts are a TypeError naming the argument, not a torch error from deep inside."""
+    import subprocess
+    import sys
+
+    code = "import moia, torch; moia.generate(None, torch.zeros(1, 5, dtype=torch.long))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert (
+        "TypeError: prompts must be a string or a sequence of strings or chat message lists, got Tensor"
+        in proc.stderr
+    ), proc.stderr

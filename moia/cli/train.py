@@ -82,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
     for path, option in ((out, "--out"), (args.report, "--report"), (ckpt, "--checkpoint")):
         if path is not None:
             writable_file(path, option)  # before the model loads
+    if args.resume and ckpt.exists():
+        from ..io import load_tensors
+        from ..training.checkpoint import KIND
+
+        load_tensors(ckpt, KIND)  # a corrupt or foreign checkpoint is refused before the model loads
     model = load_model_from_args(args)
     if args.resume and not ckpt.exists() and not args.sweep_layers:
         print(f"no checkpoint at {ckpt}: starting afresh")

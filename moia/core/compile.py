@@ -143,6 +143,14 @@ class SiteHook:
         prepared = self.prepared
         if prepared is not None and prepared.is_identity and prepared.readout is None and not self.extra:
             return x  # the position tracker alone: nothing to do to x
+        rows = (
+            self.directions.shape[0] if self.directions is not None and self.directions.dim() == 3 else None
+        )
+        if rows is not None and rows != x.shape[0]:
+            raise ValueError(
+                f"DirectionAblation at {self.name}: per-row directions have {rows} rows "
+                f"but the batch has {x.shape[0]}"
+            )
         if prepared is None:  # live biases: restack the (small) operands on every call
             bias = self.bias
             for live, scale in self.live_biases:

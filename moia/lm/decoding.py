@@ -426,6 +426,11 @@ def generate(
     """
     if isinstance(prompts, str):
         prompts = [prompts]
+    if isinstance(prompts, Tensor) or not isinstance(prompts, Sequence):
+        raise TypeError(
+            f"prompts must be a string or a sequence of strings or chat message lists, got "
+            f"{type(prompts).__name__} (token ids go to moia.lm.decoding.generate_tokens)"
+        )
     if not prompts:
         raise ValueError("prompts must not be empty")
     sampling = Sampling(temperature, top_k, top_p)

@@ -192,6 +192,11 @@ def load_model(
         hf, tok = load_hf(name)
         official, shown = EMBEDDED_MODELS[name].official_name, name
     elif pathlib.Path(name).is_dir():
+        if not (pathlib.Path(name) / "config.json").is_file():
+            raise ValueError(
+                f"model {name!r}: the folder has no config.json; expected a Hugging Face model folder "
+                "(config.json, weights, tokenizer files) or an embedded model name"
+            )
         hf, tok = load_hf(name, dtype, device)
         shown = pathlib.Path(name).name
     elif (snapshot := hub_snapshot(name)) is not None:

@@ -93,3 +93,28 @@ def test_a_full_disk_is_a_one_line_error(monkeypatch, capsys, tmp_path):
     assert main(["reproduce", "--arms", "baseline", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "File too large" in err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"garbage", "not a readable safetensors file"), (None, "expected a moia 'bias_checkpoint' file")],
+    ids=["corrupt", "foreign"],
+)
+def test_train_bias_resume_refuses_a_bad_checkpoint_before_the_model_loads(
+    monkeypatch, capsys, tmp_path, content, message
+):
+    import torch
+    from safetensors.torch import save_file
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the checkpoint was checked")
+
+    monkeypatch.setattr("moia.lm.loading.load_model", no_model)
+    ckpt = tmp_path / "b.ckpt.safetensors"
+    if content is None:  # a valid safetensors file that is not a moia checkpoint
+        save_file({"x": torch.zeros(2)}, str(ckpt), metadata={"moia_kind": "concept_vectors"})
+    else:
+        ckpt.write_bytes(content)
+    assert main(["train-bias", "--out", str(tmp_path / "b.safetensors"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
