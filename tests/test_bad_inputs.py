@@ -14,6 +14,7 @@ import torch
 import moia
 from moia.core.compile import PositionState
 from moia.core.linalg import orthonormal_rows
+from moia.experiment.sweep import Sweep
 from moia.lm.decoding import Sampling
 from moia.training.config import TrainConfig
 
@@ -152,6 +153,12 @@ CASES = [
         "per-row directions have 3 rows but the batch has 2",
     ),
     Case(
+        "sweep samples=3, greedy",
+        lambda t: Sweep(concepts=["Dust"], layers=[0], strengths=[1.0], trials=[1], samples=3).validate(2),
+        ValueError,
+        "samples=3 needs temperature > 0: greedy replies to one prompt are identical",
+    ),
+    Case(
         "backend=jax",
         lambda t: moia.load_model(backend="jax"),
         ValueError,
@@ -219,16 +226,6 @@ def test_masks_of_other_values_are_refused():
         PositionState().set_attention_mask(torch.tensor([[0, 2]]))
 
 
-if __name__ == "__main__":  # the table for notes: what was tried and what it says
-    tiny = None
-    for case in CASES:
-        try:
-            case.make(tiny)
-            print(f"| {case.what} | NO ERROR |", file=sys.stdout)
-        except Exception as e:  # noqa: BLE001 (printing a table of whatever each case raises)
-            print(f"| {case.what} | {type(e).__name__}: {str(e).splitlines()[0][:160]} |")
-
-
 def test_generate_refuses_token_ids_by_name():
     """Outside the test suite's type checker (which would catch it first), token ids passed as
     prompts are a TypeError naming the argument, not a torch error from deep inside."""
@@ -242,3 +239,15 @@ def test_generate_refuses_token_ids_by_name():
         "TypeError: prompts must be a string or a sequence of strings or chat message lists, got Tensor"
         in proc.stderr
     ), proc.stderr
+
+
+if __name__ == "__main__":  # the table for notes: what was tried and what it says
+    from tests.conftest import tiny as tiny_fixture
+
+    tiny = tiny_fixture.__wrapped__()  # the same tiny model the tests get
+    for case in CASES:
+        try:
+            case.make(tiny)
+            print(f"| {case.what} | NO ERROR |", file=sys.stdout)
+        except Exception as e:  # noqa: BLE001 (printing a table of whatever each case raises)
+            print(f"| {case.what} | {type(e).__name__}: {str(e).splitlines()[0][:160]} |")

@@ -80,11 +80,12 @@ def run_refusal(args: argparse.Namespace) -> int:
     from ..directions.prompts import load_prompts
     from ..directions.refusal import refusal_directions
 
-    writable_file(args.out, "--out")  # before the model loads
+    writable_file(args.out, "--out")  # before the model loads, as are the prompt files
+    harmful, harmless = load_prompts(args.harmful), load_prompts(args.harmless)
     rd = refusal_directions(
         load_model_from_args(args),
-        load_prompts(args.harmful),
-        load_prompts(args.harmless),
+        harmful,
+        harmless,
         layers=args.layers,
         positions=args.positions,
         select=not args.no_select,

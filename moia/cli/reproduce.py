@@ -140,7 +140,6 @@ def run(args: argparse.Namespace) -> int:
     judge = make_judge(args.judge)
     name = pathlib.Path(args.model).name
     out = pathlib.Path(args.out or f"runs/{args.protocol}-{name}{'-full' if args.full else ''}")
-    writable_dir(out, "--out")  # before any model work
     if args.bias and not pathlib.Path(args.bias).exists():
         raise FileNotFoundError(f"bias file not found: {args.bias}")
 
@@ -150,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     sweep.arms = [a for a in sweep.arms if a not in skipped]
     if not sweep.arms:
         raise ValueError("no arm left to run")
+    writable_dir(out, "--out")  # after the arguments, before any model work
     if args.workers is not None:
         outcome = run_with_workers(args, sweep, ablation, out)
     else:

@@ -175,6 +175,10 @@ class Sweep:
             raise ValueError("trials must not be empty")
         if self.samples < 1:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(
+                f"samples={self.samples} needs temperature > 0: greedy replies to one prompt are identical"
+            )
         self._validate_controls()
         if self.inject_from not in INJECT_FROM:
             raise ValueError(f"unknown inject_from {self.inject_from!r}: expected one of {list(INJECT_FROM)}")
