@@ -149,12 +149,17 @@ class NativeHookPoint:
         self._handles = kept
 
 
+class NativeUnsupportedError(ValueError):
+    """The native path does not know this architecture's decoder layers (e.g. OLMo 2's norms after
+    the writers and none before the MLP); by default generation then stays on the bridge."""
+
+
 def _decoder_layers(hf: Any) -> tuple[nn.Module, nn.ModuleList]:
     """(input embedding, decoder layers) of an HF causal LM."""
     decoder = hf.get_decoder() if hasattr(hf, "get_decoder") else getattr(hf, "model", None)
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList):
-        raise ValueError(
+        raise NativeUnsupportedError(
             f"the native path needs a decoder with a `layers` ModuleList (Llama, Gemma, Qwen, Mistral "
             f"...); {type(hf).__name__} has none"
         )
@@ -173,7 +178,7 @@ def hook_points(hf: Any) -> dict[str, NativeHookPoint]:
             layer, "pre_feedforward_layernorm" if sandwich else "post_attention_layernorm", None
         )
         if attn is None or mlp is None or pre_mlp_norm is None:
-            raise ValueError(
+            raise NativeUnsupportedError(
                 f"the native path knows Llama- and Gemma-style decoder layers (self_attn, mlp and their "
                 f"norms); layer {i} is a {type(layer).__name__}"
             )
@@ -367,5 +372,10 @@ def execution_model(model: LanguageModel, native: bool | None = None) -> Languag
     must see the run, and they would not on the native twin).
     """
     if native is None:
-        native = NATIVE_BY_DEFAULT and wraps_hf(model) and not getattr(model, "context_level", 0)
+        if not (NATIVE_BY_DEFAULT and wraps_hf(model) and not getattr(model, "context_level", 0)):
+            return model
+        try:
+            return native_model(model)
+        except NativeUnsupportedError:
+            return model  # an architecture the native path does not know runs on the bridge
     return native_model(model) if native else model
