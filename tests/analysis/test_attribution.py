@@ -3,15 +3,19 @@ estimate minus the corrupted value must be the directional derivative along clea
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from moia import patching
+from tests.conftest import HAS_HOOKED
+
+pytestmark = pytest.mark.skipif(not HAS_HOOKED, reason="transformer-lens >= 4 has no HookedTransformer")
 
 A, B = 3, 7
 
 
 @pytest.fixture(scope="module")
 def tiny64():
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
     cfg = HookedTransformerConfig(
         n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=50, n_ctx=32, act_fn="silu",
         normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8, gated_mlp=True,
