@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from ..core.model import LanguageModel, model_name, n_layers
+from ..core.model import LanguageModel
 from ..directions.bias import BiasVector
 from ..directions.concepts import ConceptVectors
 from ..lm.decoding import token_ids
@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .control import ControlFamily, Splits, control_units, split_units
 from .data import Example, TrialTokens, plan_epoch
 from .evaluation import EvalTrial, bias_intervention, max_abs_cos, verify_bias
-from .fit import FitResult, fit
+from .fit import FitResult, bias_file, fit
 from .objective import Objective
 from .surrogate import answer_token_sets
 
@@ -187,22 +187,7 @@ def train_certified(
             epsilon=epsilon, max_new_tokens=cfg.max_new_tokens, system=cfg.system, alpha=cfg.alpha,
         )  # fmt: skip
     verification["max_abs_cos_train_vectors"] = max_abs_cos(bias, [cv])
-    meta = {
-        **run_config,
-        "bias_layer": bias_layer,
-        "injection_layer_indices": band,
-        "steps_run": result.steps,
-    }
-    return BiasVector(
-        vector=bias.detach().float().cpu(),
-        layer=bias_layer,
-        site=cfg.site,
-        model_name=model_name(model),
-        n_layers=n_layers(model),
-        config=meta,
-        verification=verification,
-        history=result.history,
-    )
+    return bias_file(model, cfg.site, bias, bias_layer, band, run_config, result, verification)
 
 
 def certify_bias(

@@ -18,7 +18,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core.interventions import AdditiveVector
-from ..core.model import LanguageModel, d_model
+from ..core.model import LanguageModel, d_model, model_name, n_layers
+from ..directions.bias import BiasVector
 from ..directions.concepts import ConceptVectors
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -258,3 +259,33 @@ def _nan_message(
         else "no checkpoint had been written yet"
     )
     return f"non-finite {what} ({value.item()}) at step {step} with lr={lr}: training stopped; {where}"
+
+
+def bias_file(
+    model: LanguageModel,
+    site: str,
+    bias: Tensor,
+    bias_layer: int,
+    band: list[int],
+    run_config: dict[str, Any],
+    result: "FitResult",
+    verification: dict[str, Any],
+) -> BiasVector:
+    """The trained bias as the file moia writes: the vector, where it acts, the run's settings, the
+    verification and the loss history (both trainers, ``train`` and ``constrained``, end here)."""
+    meta = {
+        **run_config,
+        "bias_layer": bias_layer,
+        "injection_layer_indices": band,
+        "steps_run": result.steps,
+    }
+    return BiasVector(
+        vector=bias.detach().float().cpu(),
+        layer=bias_layer,
+        site=site,
+        model_name=model_name(model),
+        n_layers=n_layers(model),
+        config=meta,
+        verification=verification,
+        history=result.history,
+    )

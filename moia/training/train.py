@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..core.layers import resolve_layers
-from ..core.model import LanguageModel, model_name, n_layers
+from ..core.model import LanguageModel
 from ..directions.bias import BiasVector
 from ..directions.concepts import ConceptVectors, concept_vectors, concept_words
 from .config import MOIA_EVAL_DEPTHS, TrainConfig, make_config
@@ -46,7 +46,7 @@ from .constrained import certify_bias, d0_splits, train_certified
 from .control import ControlFamily
 from .data import Example, TrialTokens, plan_epoch, trial_tokens
 from .evaluation import EvalTrial, TrialCalibration, evaluate_bias, max_abs_cos, verify_bias
-from .fit import FitResult, fit
+from .fit import FitResult, bias_file, fit
 
 
 def calibration_trials(
@@ -203,22 +203,7 @@ def finish(
                 stacklevel=3,
             )
     verification["max_abs_cos_train_vectors"] = max_abs_cos(result.bias, [cv])
-    meta = {
-        **run_config,
-        "bias_layer": bias_layer,
-        "injection_layer_indices": band,
-        "steps_run": result.steps,
-    }
-    return BiasVector(
-        vector=result.bias.detach().float().cpu(),
-        layer=bias_layer,
-        site=cfg.site,
-        model_name=model_name(model),
-        n_layers=n_layers(model),
-        config=meta,
-        verification=verification,
-        history=result.history,
-    )
+    return bias_file(model, cfg.site, result.bias, bias_layer, band, run_config, result, verification)
 
 
 def sweep_bias_layers(
