@@ -36,7 +36,8 @@ from moia.lm.native import execution_model
 from moia.trials.runner import TrialRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-BATCH, NEW_TOKENS, N_SOLO = 32, 16, 8
+BATCH, N_SOLO = 32, 8
+NEW_TOKENS = int(os.environ.get("MOIA_BENCH_NEW_TOKENS", "16"))
 BACKEND = os.environ.get("MOIA_BENCH_BACKEND", "bridge")
 LAYERS, STRENGTHS, WORDS = (12, 18), (4.0, 8.0), ("Dust", "Oceans")
 

@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args()
 
-    model = moia.load_model(args.model)
+    model = moia.load_model(args.model, backend="hooked")  # the backend of the recorded figures
     (harmful, harmful_test), (harmless, harmless_test) = (
         split_prompts(load_prompts(name), 0.25, seed=1) for name in ("harmful", "harmless")
     )

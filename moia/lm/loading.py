@@ -163,7 +163,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def load_model(
     name: str = DEFAULT_MODEL,
-    backend: str = "hooked",
+    backend: str = "bridge",
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = "cpu",
 ) -> Any:
@@ -174,8 +174,10 @@ def load_model(
             in the local Hugging Face cache (a multimodal checkpoint loads as its language model),
             ``random:NAME`` (``moia.lm.checkpoints.random_model_names()``: random weights of a real
             shape), or a TransformerLens official model name.
-        backend: ``"hooked"`` for ``HookedTransformer`` (transformer-lens < 4), ``"bridge"`` for
-            ``TransformerBridge``, or ``"hf"`` for the Hugging Face model itself with moia's hook
+        backend: ``"bridge"`` (default) for ``TransformerBridge``, whose generation runs on its
+            native twin at Hugging Face speed (``moia.lm.native``; ``benchmarks/RESULTS.md``,
+            "Peers"); ``"hooked"`` for ``HookedTransformer`` (transformer-lens < 4; TL's converted
+            model, 3x slower at generation), or ``"hf"`` for the Hugging Face model itself with moia's hook
             sites as torch hooks on its modules (``moia.lm.native.NativeModel``: no TransformerLens
             in the forward; not for TransformerLens official names).
         dtype, device: where and in which precision the returned model lives (device None: cuda

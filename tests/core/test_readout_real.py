@@ -70,7 +70,7 @@ def test_tokens_and_logits_identical_with_and_without_the_ring(smollm2):
 KERNEL_SCRIPT = """
 import json, sys, torch, moia
 torch.set_grad_enabled(False)
-model = moia.load_model("smollm2-135m-instruct")
+model = moia.load_model("smollm2-135m-instruct", backend="hooked")
 g = torch.Generator().manual_seed(0)
 e, r = torch.randn(3, model.cfg.d_model, generator=g), torch.randn(model.cfg.d_model, generator=g)
 ring = moia.MoodRing(e, layer=14)

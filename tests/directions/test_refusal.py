@@ -360,7 +360,7 @@ def test_refusal_directions_errors_on_a_real_tokenizer(smollm2):
 def test_selected_direction_orthogonalizes_weights(tmp_path):
     import moia
 
-    model = moia.load_model("smollm2-135m-instruct")
+    model = moia.load_model("smollm2-135m-instruct", backend="hooked")  # W_E below
     rd = synthetic()
     moia.orthogonalize_weights(model, rd.selected_direction)
     r = rd.selected_direction / rd.selected_direction.norm()

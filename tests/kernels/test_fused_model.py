@@ -78,7 +78,7 @@ SCRIPT = """
 import json, sys, torch, moia
 from tests.kernels.test_fused_model import _case, _fused
 torch.set_grad_enabled(False)
-model = moia.load_model("smollm2-135m-instruct")
+model = moia.load_model("smollm2-135m-instruct", backend="hooked")
 c = _case(model, batch=2, pos=6)
 hooks = moia.fwd_hooks(model, *_fused(model, c))
 import moia.kernels.triton_intervention as tk

@@ -117,3 +117,27 @@ def test_bridge_kv_cache_generation_matches_uncached(smollm2_bridge):
     uncached = model.tokenizer.decode(seq[0, ids.shape[1] :], skip_special_tokens=True)
     assert cached == uncached
     assert len(cached.split()) >= 3
+
+
+def test_default_backend_generates_on_the_native_path(tiny_hf_dirs, monkeypatch):
+    """load_model's default is the bridge, so moia.generate on a default-loaded model runs on the
+    native twin (HF speed), with the tokens of the bridge's own hook points."""
+    from moia.lm.decoding import Stepper
+    from moia.lm.native import NativeModel
+
+    model = moia.load_model(tiny_hf_dirs["llama"])
+    assert type(model).__name__ == "TransformerBridge"
+    ran_on: list[str] = []
+    original = Stepper.__init__
+
+    def spy(self, m, batch=1):
+        ran_on.append(type(m).__name__)
+        original(self, m, batch)
+
+    r = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+    prompts = ["Hi there", "What is two plus two?"]
+    monkeypatch.setattr(Stepper, "__init__", spy)
+    native = moia.generate(model, prompts, moia.DirectionAblation(r), max_new_tokens=6)
+    bridge = moia.generate(model, prompts, moia.DirectionAblation(r), max_new_tokens=6, native=False)
+    assert ran_on == [NativeModel.__name__, "TransformerBridge"]
+    assert native == bridge
