@@ -247,3 +247,32 @@ def test_native_twin_of_a_bridge_shares_its_weights_and_leaves_it_alone(gemma):
         theirs = bridge(tokens, attention_mask=mask)[mask.bool()]
     assert not fired  # a hook on the native twin does not act on the bridge
     assert (_logits(native, [], tokens, mask) - theirs).abs().max() <= TOL
+
+
+def test_generation_runs_the_forwards_hf_generate_runs(llama, monkeypatch):
+    """n new tokens cost n forwards (prefill + n - 1 steps), as in HF ``generate``, with HF's tokens;
+    with a recorder (the mood ring) the last token is fed too, so the ring reads every token."""
+    from moia.lm.decoding import Stepper
+
+    native, _ = llama
+    tokens, mask = _batch()
+    calls: list[int] = []
+    forward = Stepper.forward
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Stepper, "forward", counted)
+    ours = generate_tokens(native, tokens, mask, max_new_tokens=6)
+    assert len(calls) == 6
+    hf = native.original_model.generate(
+        input_ids=tokens, attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=None,
+        pad_token_id=0,
+    )
+    assert ours == hf[:, tokens.shape[1] :].tolist()
+    calls.clear()
+    ring = moia.MoodRing(torch.randn(2, 64), layer=1)
+    generate_tokens(native, tokens, mask, ring, max_new_tokens=6)
+    assert len(calls) == 7
+    assert [len(r) for r in ring.raw] == [int(m.sum()) + 6 for m in mask]
