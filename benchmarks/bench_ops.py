@@ -132,10 +132,33 @@ def user_chain(x, directions, bias, vectors, strengths, starts, weights=None):
     return x - (x @ r)[..., None] * r + bias + mask * (strengths[:, None] * vectors)[:, None, :]
 
 
+def prepared_twin(inputs: dict[str, torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """The twin as a hook runs it: operands prepared once (``prepare_intervention``, as
+    ``SiteHook`` does when ``intervene`` is entered), then ``apply_prepared`` per call."""
+    from moia.kernels.reference import apply_prepared, prepare_intervention
+
+    p = prepare_intervention(
+        inputs["directions"], None, inputs["bias"], inputs["vectors"], inputs["strengths"]
+    )
+    return lambda x, starts, **_: apply_prepared(x, p, starts)
+
+
+def compiled_twin() -> Callable[..., torch.Tensor] | None:
+    """``torch.compile`` of the twin (one graph per shape), or None where inductor cannot build it
+    (no C++ compiler on a CPU machine)."""
+    compiled = torch.compile(intervention_reference, dynamic=False)
+    try:
+        compiled(**_inputs((2, 3, 8)))
+    except Exception:  # noqa: BLE001 -- inductor's errors are many; the variant is then skipped
+        return None
+    return compiled
+
+
 def interleaved_medians(shape: tuple[int, int, int], rounds: int = 200, inner: int = 20) -> dict[str, float]:
-    """Median seconds per call of twin, naive chain, user chain and copy on one shape, timed in
-    interleaved rounds (every round runs each variant ``inner`` times, in a fresh random order), so
-    that load on a shared machine falls on all of them alike."""
+    """Median seconds per call of twin, naive chain, user chain, copy and ``torch.compile`` of the
+    twin (where it builds) on one shape, timed in interleaved rounds (every round runs each variant
+    ``inner`` times, in a fresh random order), so that load on a shared machine falls on all of them
+    alike."""
     import random
     import statistics
     import time
@@ -143,6 +166,9 @@ def interleaved_medians(shape: tuple[int, int, int], rounds: int = 200, inner: i
     inputs = _inputs(shape)
     ops = {v: _op(v) for v in ("twin", "naive", "copy")}
     ops["user"] = user_chain
+    ops["prepared"] = prepared_twin(inputs)
+    if (compiled := compiled_twin()) is not None:
+        ops["compiled"] = compiled
     runs = {v: _synced(lambda op=op: op(**inputs)) for v, op in ops.items()}
     times: dict[str, list[float]] = {v: [] for v in runs}
     for run in runs.values():
@@ -158,11 +184,14 @@ def interleaved_medians(shape: tuple[int, int, int], rounds: int = 200, inner: i
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_op_interleaved(benchmark, shape: tuple[int, int, int]) -> None:
-    """Twin vs naive chain vs user chain vs copy, interleaved (``extra_info``: medians, ratios);
-    the three ops must agree."""
+    """Twin vs naive chain vs user chain vs copy vs compiled twin, interleaved (``extra_info``:
+    medians, ratios); the ops must agree."""
     inputs = _inputs(shape)
     twin = intervention_reference(**inputs)
-    for other in (intervention_naive(**inputs), user_chain(**inputs)):
+    others = [intervention_naive(**inputs), user_chain(**inputs), prepared_twin(inputs)(**inputs)]
+    if (compiled := compiled_twin()) is not None:
+        others.append(compiled(**inputs))
+    for other in others:
         assert (other - twin).abs().max() <= 1e-3 * twin.abs().max()
     medians = interleaved_medians(shape)
     benchmark.extra_info.update(
@@ -170,6 +199,9 @@ def test_op_interleaved(benchmark, shape: tuple[int, int, int]) -> None:
         naive_over_twin=medians["naive"] / medians["twin"],
         user_over_twin=medians["user"] / medians["twin"],
         twin_over_copy=medians["twin"] / medians["copy"],
+        compiled_over_twin=medians["compiled"] / medians["twin"] if "compiled" in medians else None,
+        prepared_over_twin=medians["prepared"] / medians["twin"],
         threads=torch.get_num_threads(),
     )
+    print(shape, {k: round(v * 1e6, 1) for k, v in medians.items()})
     benchmark.pedantic(lambda: None, rounds=1)

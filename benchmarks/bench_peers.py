@@ -2,10 +2,12 @@
 
     pytest benchmarks/bench_peers.py --benchmark-enable -s      # or: python benchmarks/bench_peers.py
     MOIA_BENCH_THREADS=1 MOIA_BENCH_ROUNDS=5 ...                # torch threads, rounds per task
+    MOIA_BENCH_ONLY="native" python benchmarks/bench_peers.py generate   # variants naming "native"
 
 Three tasks, each a set of variants timed in rounds (every round runs every variant once, in a fresh
 random order, so that load on a shared machine falls on all of them alike); the table gives medians
-of wall time and of process CPU time, each as a ratio to the task's baseline:
+of wall time and of process CPU time, each as a ratio to the task's baseline, and the median (with
+the lowest and highest) of the per-round CPU-time ratios, which compare runs seconds apart:
 
 - ``steer``: HF ``generate``, 8 chat prompts (left-padded, ~30 tokens) + 32 new greedy tokens, one
   additive vector at every position of one layer. Baseline: HF ``generate`` without hooks. Peers:
@@ -285,9 +287,21 @@ def interleaved(runs: dict[str, Callable[[], Any]], reference: str, rounds: int)
             wall[name].append(time.perf_counter() - t)
             cpu[name].append(time.process_time() - c)
     return {
-        k: {"wall_s": statistics.median(wall[k]), "cpu_s": statistics.median(cpu[k]), "correct": correct[k]}
+        k: {
+            "wall_s": statistics.median(wall[k]),
+            "cpu_s": statistics.median(cpu[k]),
+            "cpu_rounds_s": cpu[k],
+            "correct": correct[k],
+        }
         for k in runs
     }
+
+
+def paired(times: list[float], base: list[float]) -> tuple[float, float, float]:
+    """Median, lowest and highest of the per-round ratios ``times[i] / base[i]`` (each variant ran
+    once per round, so a round's ratio compares runs seconds apart: slow drifts in load cancel)."""
+    ratios = sorted(t / b for t, b in zip(times, base, strict=True))
+    return statistics.median(ratios), ratios[0], ratios[-1]
 
 
 TASKS = {
@@ -300,12 +314,16 @@ TASKS = {
 def run_task(setup: Setup, task: str, rounds: int) -> dict[str, Any]:
     make, reference, baseline = TASKS[task]
     runs, skipped = make(setup)
+    only = [w for w in os.environ.get("MOIA_BENCH_ONLY", "").split(",") if w]
+    if only:  # more rounds of fewer variants; the baseline and the reference always run
+        runs = {k: f for k, f in runs.items() if k in (reference, baseline) or any(w in k for w in only)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nnsight's and transformers' notices, once per call
         results = interleaved(runs, reference, rounds)
     base = results[baseline]
     for r in results.values():
         r["wall_ratio"], r["cpu_ratio"] = r["wall_s"] / base["wall_s"], r["cpu_s"] / base["cpu_s"]
+        r["cpu_ratio_paired"] = paired(r["cpu_rounds_s"], base["cpu_rounds_s"])
     return {
         "task": task,
         "baseline": baseline,
@@ -319,18 +337,19 @@ def table(out: dict[str, Any]) -> str:
     lines = [
         f"### {out['task']} (baseline: {out['baseline']}; tokens/logits checked against {out['reference']})",
         "",
-        "| variant | wall (median) | × baseline | CPU (median) | × baseline | same result |",
-        "|---|---|---|---|---|---|",
+        "| variant | wall (median) | × baseline | CPU (median) | × baseline | CPU ÷ baseline's, per round: median [min, max] | same result |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in out["results"].items():
         same = "yes" if r["correct"] else "NO"
         if name == out["baseline"] != out["reference"]:
             same = "(baseline: not the task's interventions)"
+        pm, lo, hi = r["cpu_ratio_paired"]
         lines.append(
             f"| {name} | {r['wall_s']:.3f} s | {r['wall_ratio']:.3f} | {r['cpu_s']:.3f} s | "
-            f"{r['cpu_ratio']:.3f} | {same} |"
+            f"{r['cpu_ratio']:.3f} | {pm:.3f} [{lo:.3f}, {hi:.3f}] | {same} |"
         )
-    lines += [f"| {name} | skipped: {why} | | | | |" for name, why in out["skipped"].items()]
+    lines += [f"| {name} | skipped: {why} | | | | | |" for name, why in out["skipped"].items()]
     return "\n".join(lines)
 
 
