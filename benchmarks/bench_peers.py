@@ -337,7 +337,8 @@ def table(out: dict[str, Any]) -> str:
     lines = [
         f"### {out['task']} (baseline: {out['baseline']}; tokens/logits checked against {out['reference']})",
         "",
-        "| variant | wall (median) | × baseline | CPU (median) | × baseline | CPU ÷ baseline's, per round: median [min, max] | same result |",
+        "| variant | wall (median) | × baseline | CPU (median) | × baseline "
+        "| CPU ÷ baseline's, per round: median [min, max] | same result |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in out["results"].items():

@@ -402,7 +402,8 @@ def generate_shared_prefix(
     with intervene(model, *shared, *per_row, attention_mask=full_mask) as state:
         state.manual, state.seen = True, len(prefix)  # the prefix is already in the cache
         logits = stepper.forward(tokens, mask)
-        new = decode(model, logits, stepper.step, max_new_tokens, sampling, seeds, _records([*shared, *per_row]))
+        records = _records([*shared, *per_row])
+        new = decode(model, logits, stepper.step, max_new_tokens, sampling, seeds, records)
     finish_recorders([*shared, *per_row], [[*prefix, *s] for s in suffixes], new)
     return new
 

@@ -267,7 +267,11 @@ def test_generation_runs_the_forwards_hf_generate_runs(llama, monkeypatch):
     ours = generate_tokens(native, tokens, mask, max_new_tokens=6)
     assert len(calls) == 6
     hf = native.original_model.generate(
-        input_ids=tokens, attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=None,
+        input_ids=tokens,
+        attention_mask=mask,
+        max_new_tokens=6,
+        do_sample=False,
+        eos_token_id=None,
         pad_token_id=0,
     )
     assert ours == hf[:, tokens.shape[1] :].tolist()
