@@ -65,6 +65,10 @@ def _peer(module: str) -> str | None:
             else "pip install moia[bench]"
         )
         return f"{module} not installed ({how})"
+    try:
+        importlib.import_module(module)
+    except ImportError as e:  # installed with --no-deps, a dependency missing (steering-vectors: sklearn)
+        return f"{module} does not import: {e} (pip install moia[bench])"
     return None
 
 
