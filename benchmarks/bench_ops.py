@@ -17,6 +17,7 @@ Decode shapes (8×1×d) are launch-bound: there the numbers measure per-call hoo
 the kernel variant is skipped (it needs CUDA), and so are the two large GPU shapes.
 """
 
+import functools
 from collections.abc import Callable
 
 import pytest
@@ -143,9 +144,10 @@ def prepared_twin(inputs: dict[str, torch.Tensor]) -> Callable[..., torch.Tensor
     return lambda x, starts, **_: apply_prepared(x, p, starts)
 
 
+@functools.cache
 def compiled_twin() -> Callable[..., torch.Tensor] | None:
-    """``torch.compile`` of the twin (one graph per shape), or None where inductor cannot build it
-    (no C++ compiler on a CPU machine)."""
+    """``torch.compile`` of the twin (one graph per shape, built on first use and kept for the run),
+    or None where inductor cannot build it (no C++ compiler on a CPU machine)."""
     compiled = torch.compile(intervention_reference, dynamic=False)
     try:
         compiled(**_inputs((2, 3, 8)))

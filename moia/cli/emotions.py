@@ -110,16 +110,22 @@ def _vector_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
-def _print_validation(result: dict[str, Any]) -> None:
+def _validate(model: Any, ev: Any, settings: StorySettings, args: argparse.Namespace) -> None:
+    """Probe AUROCs of ``ev`` (``validate``), printed, and written to ``--json`` when given."""
+    from ..experiment.emotion_probes import validate
+    from ..io import write_json
+
+    result = validate(model, ev, settings, args.story_cache, args.batch_size)
     for part in ("heldout_stories", "sentences"):
         r = result[part]
         per = ", ".join(f"{e} {a:.2f}" for e, a in r["per_emotion"].items())
         print(f"{part} (n={r['n']}): mean AUROC {r['mean']:.3f}; {per}")
+    if args.json:
+        write_json(args.json, result)
 
 
 def run_vectors(args: argparse.Namespace) -> int:
     from ..directions.emotions import emotion_vectors
-    from ..experiment.emotion_probes import validate
 
     settings = story_settings(args)  # bad settings fail before the model loads
     writable_file(args.out, "--out")
@@ -138,26 +144,15 @@ def run_vectors(args: argparse.Namespace) -> int:
     norms = ", ".join(f"{n} {float(v.norm()):.2f}" for n, v in zip(ev.names, ev.vectors, strict=True))
     print(f"wrote {len(ev.names)} emotion vectors at layer {ev.layer} to {args.out}; norms: {norms}")
     if args.validate:
-        result = validate(model, ev, settings, args.story_cache, args.batch_size)
-        _print_validation(result)
-        if args.json:
-            from ..io import write_json
-
-            write_json(args.json, result)
+        _validate(model, ev, settings, args)
     return 0
 
 
 def run_validate(args: argparse.Namespace) -> int:
     from ..directions.emotions import EmotionVectors
-    from ..experiment.emotion_probes import validate
-    from ..io import write_json
 
     model = load_model_from_args(args)
-    ev = EmotionVectors.load(args.vectors, model)
-    result = validate(model, ev, story_settings(args), args.story_cache, args.batch_size)
-    _print_validation(result)
-    if args.json:
-        write_json(args.json, result)
+    _validate(model, EmotionVectors.load(args.vectors, model), story_settings(args), args)
     return 0
 
 

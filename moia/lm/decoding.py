@@ -331,12 +331,12 @@ def generate_tokens(
     """
     _check_generation(max_new_tokens, sampling, seeds, tokens.shape[0])
     model = execution_model(model, native)
-    stepper = Stepper(model, tokens.shape[0])
+    stepper, records = Stepper(model, tokens.shape[0]), _records(interventions)
     with intervene(model, *interventions, attention_mask=attention_mask) as state:
         state.manual = True  # prefill, then one-token steps: offsets follow the tokens fed
         logits = stepper.forward(tokens, attention_mask)
-        new = decode(model, logits, stepper.step, max_new_tokens, sampling, seeds, _records(interventions))
-    if _records(interventions):
+        new = decode(model, logits, stepper.step, max_new_tokens, sampling, seeds, records)
+    if records:
         prompts = [row[m.bool()].tolist() for row, m in zip(tokens, attention_mask, strict=True)]
         finish_recorders(interventions, prompts, new)
     return new
