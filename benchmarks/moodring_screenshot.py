@@ -13,14 +13,7 @@ import pathlib
 import shutil
 import tempfile
 
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from moia.analysis.view import CHROMIUM_ARGS
 
 
 def main() -> None:
@@ -51,7 +44,7 @@ def main() -> None:
             profile,
             executable_path=executable,
             headless=True,
-            args=ARGS,
+            args=list(CHROMIUM_ARGS),
             viewport={"width": args.width, "height": args.height},
         )
         page = context.new_page()

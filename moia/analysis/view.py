@@ -26,6 +26,16 @@ PALETTE = [
     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 ]  # fmt: skip
 Z_FULL = 4.0  # z at which a token's colour is at full intensity
+# flags for opening the page in a headless chromium (Debian's, driven by Playwright's
+# executable_path): the README's screenshot script and the browser test launch it with these
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 0; display: flex; color: #222; }

@@ -286,8 +286,9 @@ def decode(
     for n in range(max_new_tokens):
         nxt = logits.argmax(-1) if noise is None else noise.sample(sampling.filter(logits))
         done |= torch.isin(nxt, stops)
+        picked = nxt.tolist()  # one transfer per step, not one per row
         for i in (~done).nonzero()[:, 0].tolist():
-            out[i].append(int(nxt[i]))
+            out[i].append(picked[i])
         if bool(done.all()) or (n == max_new_tokens - 1 and not feed_last):
             break
         logits = step(nxt[:, None])

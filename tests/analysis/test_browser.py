@@ -9,16 +9,8 @@ import tempfile
 
 import pytest
 
+from moia.analysis.view import CHROMIUM_ARGS
 from tests.analysis.test_view import NAMES, TOKENS, page_data
-
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def chromium_path() -> str | None:
@@ -42,7 +34,7 @@ def browser_page():
             profile,
             executable_path=executable,
             headless=True,
-            args=ARGS,  # headless: --headless
+            args=list(CHROMIUM_ARGS),  # headless: --headless
         )
         try:
             yield context.new_page()
