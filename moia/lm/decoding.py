@@ -104,23 +104,104 @@ def _cache_keyword(hf_class: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+@functools.cache
+def _reserved_layer_class() -> Any:
+    """``transformers``' ``DynamicLayer`` that appends in place (defined on first use: importing
+    transformers is slow and the HookedTransformer path never needs it)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class ReservedLayer(DynamicLayer):  # type: ignore[misc]
+        """A ``DynamicLayer`` whose keys and values are views of storage reserved ahead.
+
+        ``DynamicLayer`` concatenates every step, copying the whole cache each time (and holding two
+        copies of a layer while it does): at 32 rows x 160 positions that was ~10% of a SmolLM2 decode
+        step on the CPU (``benchmarks/RESULTS.md``), and the copy grows with the context. Here a
+        step writes its new positions into storage with room for ``headroom`` more tokens; only
+        outgrowing it copies (to the length needed plus ``headroom`` again). What attention sees is
+        the same tensor values (tested against ``DynamicCache``). Under autograd (the bias trainer
+        backpropagates through the cache) it concatenates as ``DynamicLayer`` does, since writing in
+        place would overwrite tensors saved for the backward pass.
+        """
+
+        def __init__(self, headroom: int = 0) -> None:
+            super().__init__()
+            self.headroom = headroom
+            self.storage: tuple[Tensor, Tensor] | None = None
+
+        def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> Any:
+            if torch.is_grad_enabled():
+                return super().update(key_states, value_states, *args, **kwargs)
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n, new = self.get_seq_length(), key_states.shape[-2]
+            if not self._fits(n + new, key_states):
+                self._reserve(n + new + self.headroom, key_states)
+            assert self.storage is not None
+            keys, values = self.storage
+            keys[..., n : n + new, :].copy_(key_states)
+            values[..., n : n + new, :].copy_(value_states)
+            self.keys, self.values = keys[..., : n + new, :], values[..., : n + new, :]
+            return self.keys, self.values
+
+        def _fits(self, length: int, new: Tensor) -> bool:
+            """Whether the storage holds the current keys (not replaced since by a batch repeat,
+            selection or reorder; a crop keeps a view of it) and has room for ``length`` positions
+            of ``new``'s shape."""
+            current = self.keys
+            if self.storage is None or current is None:
+                return False
+            keys = self.storage[0]
+            ours = current.numel() == 0 or (current._base is keys and current.storage_offset() == 0)
+            return (
+                ours
+                and keys.shape[-2] >= length
+                and keys.shape[:2] == new.shape[:2]
+                and keys.shape[-1] == new.shape[-1]
+                and keys.dtype == new.dtype
+                and keys.device == new.device
+            )
+
+        def _reserve(self, capacity: int, new: Tensor) -> None:
+            n = self.get_seq_length()
+            shape = (*new.shape[:2], capacity, new.shape[-1])
+            keys = torch.empty(shape, dtype=new.dtype, device=new.device)
+            values = torch.empty(shape, dtype=new.dtype, device=new.device)
+            if n and self.keys is not None and self.values is not None:
+                keys[..., :n, :].copy_(self.keys)
+                values[..., :n, :].copy_(self.values)
+            self.storage = (keys, values)
+            self.keys, self.values = keys[..., :n, :], values[..., :n, :]
+
+    return ReservedLayer
+
+
+def kv_cache(headroom: int = 0) -> Any:
+    """An empty Hugging Face ``DynamicCache`` whose layers append in place (``ReservedLayer``),
+    reserving room for ``headroom`` more tokens whenever they (re)allocate."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = functools.partial(_reserved_layer_class(), headroom)  # type: ignore[assignment]
+    return cache
+
+
 class Stepper:
     """A KV-cached forward on either backend that returns last-position logits.
 
     ``forward(tokens, mask)`` feeds [batch, new] tokens whose [batch, new] mask marks padding;
     ``repeat(n)`` repeats a batch-1 cache n times (a shared prefix). Only the last position is
     unembedded: at a 49k vocabulary, unembedding every prompt position costs a quarter of a forward.
+    ``headroom``: the tokens still to come after each forward (``max_new_tokens`` when generating),
+    so that the HF cache reserves them once instead of growing every step (``kv_cache``).
     """
 
-    def __init__(self, model: LanguageModel, batch: int = 1) -> None:
+    def __init__(self, model: LanguageModel, batch: int = 1, headroom: int = 0) -> None:
         self.model, self.on_hf = model, wraps_hf(model)
         self.mask: Tensor | None = None  # [batch, positions so far]
         device = device_of(model)
         if self.on_hf:
-            from transformers import DynamicCache
-
             self.hf = hf_model(model)
-            self.cache: Any = DynamicCache()
+            self.cache: Any = kv_cache(headroom)
             self.cache_kw = _cache_keyword(type(self.hf))  # type: ignore[arg-type]
         else:
             from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
@@ -332,7 +413,7 @@ def generate_tokens(
     """
     _check_generation(max_new_tokens, sampling, seeds, tokens.shape[0])
     model = execution_model(model, native)
-    stepper, records = Stepper(model, tokens.shape[0]), _records(interventions)
+    stepper, records = Stepper(model, tokens.shape[0], max_new_tokens), _records(interventions)
     with intervene(model, *interventions, attention_mask=attention_mask) as state:
         state.manual = True  # prefill, then one-token steps: offsets follow the tokens fed
         logits = stepper.forward(tokens, attention_mask)
@@ -395,7 +476,7 @@ def generate_shared_prefix(
     full_mask = torch.cat(
         [torch.ones((len(suffixes), len(prefix)), dtype=torch.long, device=device), mask], 1
     )
-    stepper = Stepper(model, 1)
+    stepper = Stepper(model, 1, max_new_tokens)
     head = torch.tensor([list(prefix)], device=device)
     with intervene(model, *shared):
         stepper.forward(head, torch.ones_like(head))

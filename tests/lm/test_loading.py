@@ -130,9 +130,9 @@ def test_default_backend_generates_on_the_native_path(tiny_hf_dirs, monkeypatch)
     ran_on: list[str] = []
     original = Stepper.__init__
 
-    def spy(self, m, batch=1):
+    def spy(self, m, *args, **kwargs):
         ran_on.append(type(m).__name__)
-        original(self, m, batch)
+        original(self, m, *args, **kwargs)
 
     from moia.lm.decoding import generate_tokens, tokenize_prompts
 

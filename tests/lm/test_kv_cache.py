@@ -1,0 +1,122 @@
+"""The decoding engine's KV cache (``moia.lm.decoding.kv_cache``): Hugging Face's ``DynamicCache`` with
+layers that append into reserved storage instead of concatenating every step. The reference is HF's
+own ``DynamicCache``, driven through the same operations."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache
+
+from moia.lm.decoding import Stepper, kv_cache
+
+H, D = 2, 4
+
+
+def _kv(batch: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, H, n, D, generator=g), torch.randn(batch, H, n, D, generator=g)
+
+
+def _same(ours, ref, layers: int = 2) -> None:
+    assert ours.get_seq_length() == ref.get_seq_length()
+    for i in range(layers):
+        assert torch.equal(ours.layers[i].keys, ref.layers[i].keys)
+        assert torch.equal(ours.layers[i].values, ref.layers[i].values)
+
+
+@torch.no_grad()
+def test_every_operation_the_engine_uses_matches_dynamic_cache():
+    """Prefill, batch repeat (the shared prefix), suffix, steps past the reserve, crop, row
+    permutation and selection: the keys and values attention sees equal DynamicCache's after each."""
+    ours, ref = kv_cache(headroom=3), DynamicCache()
+    seed = 0
+
+    def update(batch: int, n: int) -> None:
+        nonlocal seed
+        seed += 1
+        for layer in range(2):
+            k, v = _kv(batch, n, seed * 10 + layer)
+            got, want = ours.update(k, v, layer), ref.update(k, v, layer)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+    update(1, 5)
+    _same(ours, ref)
+    ours.batch_repeat_interleave(3)
+    ref.batch_repeat_interleave(3)
+    _same(ours, ref)
+    update(3, 4)
+    for _ in range(6):  # headroom 3: the fourth step outgrows the storage and reserves again
+        update(3, 1)
+        _same(ours, ref)
+    ours.crop(-2)
+    ref.crop(-2)
+    update(3, 1)
+    _same(ours, ref)
+    for index in ([2, 0, 1], [2, 0]):  # a permutation keeps the storage's shape: it must not be reused
+        ours.batch_select_indices(torch.tensor(index))
+        ref.batch_select_indices(torch.tensor(index))
+        update(len(index), 1)
+        _same(ours, ref)
+
+
+@torch.no_grad()
+def test_steps_within_the_headroom_write_in_place():
+    """What the layer is for: after the prefill reserves room for 4 more tokens, 4 steps neither
+    allocate nor copy the cache (the storage stays the same tensor), and the fifth reserves again."""
+    cache = kv_cache(headroom=4)
+    cache.update(*_kv(2, 6, 0), 0)
+    layer = cache.layers[0]
+    storage = layer.storage[0]
+    assert storage.shape[-2] == 10
+    for step in range(4):
+        keys, _ = cache.update(*_kv(2, 1, step + 1), 0)
+        assert layer.storage[0] is storage and keys.data_ptr() == storage.data_ptr()
+    cache.update(*_kv(2, 1, 9), 0)
+    assert layer.storage[0] is not storage and layer.storage[0].shape[-2] == 15
+
+
+def test_under_autograd_it_concatenates_and_gradients_equal_dynamic_cache():
+    """The bias trainer backpropagates through the cache: writing in place would break that, so
+    with gradients on the layer concatenates, and the gradients are DynamicCache's."""
+    grads = []
+    for cache in (kv_cache(headroom=8), DynamicCache()):
+        k0, v0 = (t.requires_grad_() for t in _kv(1, 3, 0))
+        cache.update(k0, v0, 0)
+        cache.batch_repeat_interleave(2)
+        k1, v1 = _kv(2, 2, 1)
+        keys, values = cache.update(k1, v1, 0)
+        ((keys * 2).sum() + (values**2).sum()).backward()
+        grads.append((k0.grad, v0.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma"])
+@torch.no_grad()
+def test_cached_logits_equal_hf_with_its_own_cache(tiny_hf_dirs, kind):
+    """A left-padded batch through the Stepper (reserved cache), prefill then 5 steps, against the
+    HF model fed the same tokens with a DynamicCache; Gemma 3's sliding-window layers included."""
+    from moia.lm.decoding import position_ids
+    from moia.lm.native import NativeModel
+    from tests.tiny_hf import tokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(tiny_hf_dirs[kind]).eval()
+    model = NativeModel(hf, tokenizer())
+    tokens = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = (tokens != 0).long()
+    stepper = Stepper(model, 2, headroom=2)  # outgrows its reserve on the third step
+    ref_cache, ref_mask = DynamicCache(), mask
+    got = stepper.forward(tokens, mask)
+    want = hf(
+        input_ids=tokens, attention_mask=mask, position_ids=position_ids(mask), past_key_values=ref_cache
+    )
+    torch.testing.assert_close(got, want.logits[:, -1].float())
+    for step in range(5):
+        nxt = torch.tensor([[20 + step], [40 + step]])
+        got = stepper.step(nxt)
+        ref_mask = torch.cat([ref_mask, torch.ones_like(nxt)], 1)
+        want = hf(
+            input_ids=nxt,
+            attention_mask=ref_mask,
+            position_ids=position_ids(ref_mask)[:, -1:],
+            past_key_values=ref_cache,
+        )
+        torch.testing.assert_close(got, want.logits[:, -1].float())
