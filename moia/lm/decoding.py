@@ -2,8 +2,9 @@
 
 One ``Stepper`` owns the KV cache (and, on the bridge, the cache keyword of the installed
 transformers, the attention mask so far and the position ids derived from it), feeds tokens and
-returns the logits of the last position only. One ``decode`` loop picks tokens (greedy, or sampled
-with per-row seeds) until every row stops. On top of them:
+returns the logits of the last position only. On Hugging Face models the cache appends into storage
+reserved for the tokens to come (``kv_cache``), not by concatenating on every step. One ``decode``
+loop picks tokens (greedy, or sampled with per-row seeds) until every row stops. On top of them:
 
 - ``generate_tokens``: left-padded prompts, one prefill forward, then one cached forward per token;
 - ``generate_shared_prefix``: rows that share a prompt prefix run it once at batch 1, repeat its
@@ -118,9 +119,12 @@ def _reserved_layer_class() -> Any:
         step on the CPU (``benchmarks/RESULTS.md``), and the copy grows with the context. Here a
         step writes its new positions into storage with room for ``headroom`` more tokens; only
         outgrowing it copies (to the length needed plus ``headroom`` again). What attention sees is
-        the same tensor values (tested against ``DynamicCache``). Under autograd (the bias trainer
-        backpropagates through the cache) it concatenates as ``DynamicLayer`` does, since writing in
-        place would overwrite tensors saved for the backward pass.
+        the same tensor values (tested against ``DynamicCache``). It concatenates as
+        ``DynamicLayer`` does under autograd (the bias trainer backpropagates through the cache:
+        writing in place would overwrite tensors saved for the backward pass), and where new states
+        do not match the cached ones in rows, heads, width, dtype or device (``DynamicCache``'s
+        error or type promotion then). Unlike ``DynamicLayer``'s, keys returned before a ``crop`` or
+        ``reset`` are overwritten by later updates: nothing in moia or HF holds them that long.
         """
 
         def __init__(self, headroom: int = 0) -> None:
@@ -129,13 +133,16 @@ def _reserved_layer_class() -> Any:
             self.storage: tuple[Tensor, Tensor] | None = None
 
         def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> Any:
-            if torch.is_grad_enabled():
-                return super().update(key_states, value_states, *args, **kwargs)
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             n, new = self.get_seq_length(), key_states.shape[-2]
-            if not self._fits(n + new, key_states):
-                self._reserve(n + new + self.headroom, key_states)
+            if torch.is_grad_enabled() or not (
+                n == 0 or (_like(self.keys, key_states) and _like(self.values, value_states))
+            ):
+                self.storage = None
+                return super().update(key_states, value_states, *args, **kwargs)
+            if not self._fits(n + new, key_states, value_states):
+                self._reserve(n + new + self.headroom, key_states, value_states)
             assert self.storage is not None
             keys, values = self.storage
             keys[..., n : n + new, :].copy_(key_states)
@@ -143,36 +150,52 @@ def _reserved_layer_class() -> Any:
             self.keys, self.values = keys[..., : n + new, :], values[..., : n + new, :]
             return self.keys, self.values
 
-        def _fits(self, length: int, new: Tensor) -> bool:
-            """Whether the storage holds the current keys (not replaced since by a batch repeat,
-            selection or reorder; a crop keeps a view of it) and has room for ``length`` positions
-            of ``new``'s shape."""
-            current = self.keys
-            if self.storage is None or current is None:
+        def _fits(self, length: int, new_keys: Tensor, new_values: Tensor) -> bool:
+            """Whether the storage holds the current keys and values (not replaced since by a batch
+            repeat, selection or reorder; a crop keeps a prefix of it) and has room for ``length``
+            positions of the new states' shapes."""
+            if self.storage is None or self.keys is None or self.values is None:
                 return False
-            keys = self.storage[0]
-            ours = current.numel() == 0 or (current._base is keys and current.storage_offset() == 0)
-            return (
-                ours
-                and keys.shape[-2] >= length
-                and keys.shape[:2] == new.shape[:2]
-                and keys.shape[-1] == new.shape[-1]
-                and keys.dtype == new.dtype
-                and keys.device == new.device
+            return all(
+                _prefix_of(current, store) and store.shape[-2] >= length and _like(store, new)
+                for current, store, new in zip(
+                    (self.keys, self.values), self.storage, (new_keys, new_values), strict=True
+                )
             )
 
-        def _reserve(self, capacity: int, new: Tensor) -> None:
+        def _reserve(self, capacity: int, new_keys: Tensor, new_values: Tensor) -> None:
             n = self.get_seq_length()
-            shape = (*new.shape[:2], capacity, new.shape[-1])
-            keys = torch.empty(shape, dtype=new.dtype, device=new.device)
-            values = torch.empty(shape, dtype=new.dtype, device=new.device)
-            if n and self.keys is not None and self.values is not None:
-                keys[..., :n, :].copy_(self.keys)
-                values[..., :n, :].copy_(self.values)
-            self.storage = (keys, values)
-            self.keys, self.values = keys[..., :n, :], values[..., :n, :]
+            storage = []
+            for current, new in ((self.keys, new_keys), (self.values, new_values)):
+                store = new.new_empty((*new.shape[:2], capacity, new.shape[-1]))
+                if n and current is not None:
+                    store[..., :n, :].copy_(current)
+                storage.append(store)
+            self.storage = (storage[0], storage[1])
+            self.keys, self.values = storage[0][..., :n, :], storage[1][..., :n, :]
+
+        def reset(self) -> None:
+            self.storage = None
+            super().reset()
 
     return ReservedLayer
+
+
+def _like(a: Tensor | None, b: Tensor) -> bool:
+    """Whether cached states ``a`` and new states ``b`` agree in rows, heads, width, dtype and device."""
+    return (
+        a is not None
+        and a.shape[:2] == b.shape[:2]
+        and a.shape[-1] == b.shape[-1]
+        and a.dtype == b.dtype
+        and a.device == b.device
+    )
+
+
+def _prefix_of(view: Tensor, store: Tensor) -> bool:
+    """Whether ``view`` is ``store[..., :n, :]`` for some n (the same memory and layout; checked by
+    pointer and strides, which also holds under ``torch.inference_mode``, where views have no base)."""
+    return view.numel() == 0 or (view.data_ptr() == store.data_ptr() and view.stride() == store.stride())
 
 
 def kv_cache(headroom: int = 0) -> Any:

@@ -75,18 +75,86 @@ def test_steps_within_the_headroom_write_in_place():
 
 
 def test_under_autograd_it_concatenates_and_gradients_equal_dynamic_cache():
-    """The bias trainer backpropagates through the cache: writing in place would break that, so
-    with gradients on the layer concatenates, and the gradients are DynamicCache's."""
+    """The bias trainer backpropagates through the cache. A step that wrote into storage whose
+    earlier view a product saved for the backward pass would break it ("modified by an inplace
+    operation"), so with gradients on the layer concatenates; the gradients are DynamicCache's."""
     grads = []
     for cache in (kv_cache(headroom=8), DynamicCache()):
         k0, v0 = (t.requires_grad_() for t in _kv(1, 3, 0))
-        cache.update(k0, v0, 0)
-        cache.batch_repeat_interleave(2)
-        k1, v1 = _kv(2, 2, 1)
-        keys, values = cache.update(k1, v1, 0)
-        ((keys * 2).sum() + (values**2).sum()).backward()
+        keys, values = cache.update(k0, v0, 0)
+        loss = (values**2).sum() + (keys * 3).sum()  # saves the first values for the backward pass
+        keys, values = cache.update(*(t.requires_grad_() for t in _kv(1, 2, 1)), 0)
+        (loss + (keys * 2).sum() + (values**2).sum()).backward()
         grads.append((k0.grad, v0.grad))
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+def test_inference_mode_appends_in_place_too():
+    """Views made under ``torch.inference_mode`` have no ``_base``: the storage is recognised by
+    pointer and strides, so steps still write in place there."""
+    with torch.inference_mode():
+        cache = kv_cache(headroom=3)
+        cache.update(*_kv(2, 5, 0), 0)
+        storage = cache.layers[0].storage[0]
+        for step in range(3):
+            cache.update(*_kv(2, 1, step + 1), 0)
+        assert cache.layers[0].storage[0] is storage and cache.get_seq_length() == 8
+
+
+@torch.no_grad()
+def test_keys_and_values_of_different_widths():
+    """Models that cache keys and values of different widths (DeepSeek's compressed latents, models
+    with their own value head size) get storage of each one's shape."""
+    ours, ref = kv_cache(headroom=2), DynamicCache()
+    for n, seed in ((4, 0), (1, 1), (1, 2), (1, 3)):
+        g = torch.Generator().manual_seed(seed)
+        k, v = torch.randn(2, 1, n, 8, generator=g), torch.randn(2, 1, n, 3, generator=g)
+        got, want = ours.update(k, v, 0), ref.update(k, v, 0)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@torch.no_grad()
+def test_states_that_do_not_match_the_cache_fail_as_dynamic_cache_fails():
+    """A batch-1 cache given 3 rows (a forgotten repeat) is DynamicCache's error, not a broadcast."""
+    for cache in (kv_cache(headroom=4), DynamicCache()):
+        cache.update(*_kv(1, 4, 0), 0)
+        with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
+            cache.update(*_kv(3, 1, 1), 0)
+
+
+def test_generation_reserves_the_new_tokens_once(tiny_hf_dirs, monkeypatch):
+    """``generate_tokens`` tells the cache how many tokens are to come: the storage reserved at the
+    prefill holds prompt + max_new_tokens and is never reallocated (with no headroom every step
+    would reallocate, as concatenation copies)."""
+    import moia.lm.decoding as decoding
+    from moia.lm.native import NativeModel
+    from tests.tiny_hf import tokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(tiny_hf_dirs["llama"]).eval()
+    caches, storages = [], set()
+    original = decoding.kv_cache
+
+    def spy(headroom: int = 0):
+        caches.append(original(headroom))
+        return caches[-1]
+
+    monkeypatch.setattr(decoding, "kv_cache", spy)
+    layer_update = decoding._reserved_layer_class().update
+
+    def record(self, *args, **kwargs):
+        out = layer_update(self, *args, **kwargs)
+        storages.add(id(self.storage[0]))
+        return out
+
+    monkeypatch.setattr(decoding._reserved_layer_class(), "update", record)
+    tokens = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    new = decoding.generate_tokens(
+        NativeModel(hf, tokenizer()), tokens, (tokens != 0).long(), max_new_tokens=8
+    )
+    assert max(len(r) for r in new) >= 3  # decode steps ran (the random model's tokens are not EOS)
+    (cache,) = caches
+    assert all(layer.storage[0].shape[-2] == 5 + 8 for layer in cache.layers)
+    assert len(storages) == len(cache.layers)  # one storage per layer for the whole generation
 
 
 @pytest.mark.parametrize("kind", ["llama", "gemma"])
