@@ -16,7 +16,9 @@ import statistics
 import sys
 import time
 
-import torch
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported
+
+import torch  # noqa: E402
 
 PREFIX, SUFFIX, BATCH = 121, 41, 32
 
@@ -26,7 +28,6 @@ def main(new_tokens: int) -> dict[str, float]:
     from moia.lm.decoding import Stepper
     from moia.lm.native import execution_model
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_grad_enabled(False)
     model = execution_model(moia.load_model("smollm2-135m-instruct"), None)
     g = torch.Generator().manual_seed(0)

@@ -153,11 +153,13 @@ def _reserved_layer_class() -> Any:
         def _fits(self, length: int, new_keys: Tensor, new_values: Tensor) -> bool:
             """Whether the storage holds the current keys and values (not replaced since by a batch
             repeat, selection or reorder; a crop keeps a prefix of it) and has room for ``length``
-            positions of the new states' shapes."""
+            positions of the new states' shapes. (With states cached, ``update`` has checked that
+            the new ones match them, and so the storage they are a prefix of.)"""
             if self.storage is None or self.keys is None or self.values is None:
                 return False
+            empty = self.keys.numel() == 0
             return all(
-                _prefix_of(current, store) and store.shape[-2] >= length and _like(store, new)
+                _prefix_of(current, store) and store.shape[-2] >= length and (not empty or _like(store, new))
                 for current, store, new in zip(
                     (self.keys, self.values), self.storage, (new_keys, new_values), strict=True
                 )
@@ -195,7 +197,10 @@ def _like(a: Tensor | None, b: Tensor) -> bool:
 def _prefix_of(view: Tensor, store: Tensor) -> bool:
     """Whether ``view`` is ``store[..., :n, :]`` for some n (the same memory and layout; checked by
     pointer and strides, which also holds under ``torch.inference_mode``, where views have no base)."""
-    return view.numel() == 0 or (view.data_ptr() == store.data_ptr() and view.stride() == store.stride())
+    if view.numel() == 0:
+        return True
+    same_memory = view.data_ptr() == store.data_ptr() and view.stride() == store.stride()
+    return same_memory and view.shape[:2] == store.shape[:2] and view.shape[-1] == store.shape[-1]
 
 
 def kv_cache(headroom: int = 0) -> Any:

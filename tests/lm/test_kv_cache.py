@@ -188,3 +188,16 @@ def test_cached_logits_equal_hf_with_its_own_cache(tiny_hf_dirs, kind):
             past_key_values=ref_cache,
         )
         torch.testing.assert_close(got, want.logits[:, -1].float())
+
+
+@torch.no_grad()
+def test_a_row_slice_of_the_storage_is_not_taken_for_it():
+    """Rows sliced off the storage share its pointer and strides but not its shape: the next update
+    must not write the slice's rows into the whole storage (nor broadcast them over it)."""
+    ours, ref = kv_cache(headroom=4), DynamicCache()
+    for cache in (ours, ref):
+        cache.update(*_kv(2, 3, 0), 0)
+        layer = cache.layers[0]
+        layer.keys, layer.values = layer.keys[:1], layer.values[:1]
+        cache.update(*_kv(1, 1, 1), 0)
+    _same(ours, ref, layers=1)
